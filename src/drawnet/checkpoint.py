@@ -1,0 +1,94 @@
+"""Files on disk: atomic writes, pretrained weights and training checkpoints, all safetensors + JSON."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import DrawnetError
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) then rename over path, so a kill never leaves a half-written file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise DrawnetError(f"cannot write to {path.parent}: {e.strerror}") from None
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_config(path: Path):
+    from .model import DrawConfig
+
+    path = Path(path)
+    if not path.is_file():
+        raise DrawnetError(f"no model found: {path} does not exist")
+    try:
+        return DrawConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DrawnetError(f"{path} is not valid JSON: {e}") from None
+    except TypeError as e:
+        raise DrawnetError(f"{path}: invalid config ({e})") from None
+
+
+def _load_tensors(path: Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DrawnetError(f"no weights found: {path} does not exist")
+    try:
+        return load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DrawnetError(f"{path} is corrupted or not a safetensors file ({e})") from None
+
+
+def load_state(model: torch.nn.Module, tensors: dict, source) -> None:
+    """Load a state dict, turning any mismatch into one clear error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = [k for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise DrawnetError(f"{source} does not match this model's architecture ({detail})")
+    model.load_state_dict(tensors)
+
+
+def load_weights(model: torch.nn.Module, path: Path, map_location="cpu") -> None:
+    load_state(model, _load_tensors(path, map_location), path)
+
+
+def save_checkpoint(path: Path, tensors: dict, metadata: dict) -> None:
+    """One file holding every tensor of the training state and a JSON header for everything else."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"drawnet": json.dumps(metadata)}))
+
+
+def load_checkpoint(path: Path):
+    """Return (tensors, metadata) of a checkpoint written by save_checkpoint."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    tensors = _load_tensors(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = json.loads((f.metadata() or {})["drawnet"])
+    except (KeyError, json.JSONDecodeError, SafetensorError) as e:
+        raise DrawnetError(f"{path} is not a drawnet training checkpoint ({e})") from None
+    return tensors, metadata

@@ -1,0 +1,239 @@
+"""Training: Adam with gradient-norm clipping, exponential learning-rate decay per epoch, dynamic
+binarisation, a validation bound every epoch, and resumable checkpoints every few minutes.
+
+Every random draw of step s (batch order, binarisation, the posterior noise eps) comes from generators
+seeded by (seed, epoch) and (seed, step), so a run resumed from a checkpoint continues exactly as the
+uninterrupted run would have.
+"""
+import csv
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state, save_checkpoint
+from .data import VALID_SEED, binarize, load_dataset
+from .errors import DrawnetError
+from .evaluate import elbo
+from .model import DRAW, DrawConfig
+
+PRESET_DATASETS = {"mnist": "mnist", "mnist-noattn": "mnist"}
+STEP_FIELDS = ["step", "epoch", "loss", "L_x", "L_z", "grad_norm", "lr"]
+EPOCH_FIELDS = ["epoch", "step", "train_loss", "train_L_z", "valid_bound", "lr", "wall_time_s"]
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/mnist"
+    dataset: str = "mnist"
+    data_dir: Optional[str] = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_decay: float = 0.98  # multiplies the learning rate after every epoch ...
+    min_lr: float = 1e-4  # ... down to this floor
+    clip: float = 50.0  # max global gradient norm
+    epochs: int = 100
+    max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much wall time
+    max_steps: Optional[int] = None
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+    limit: Optional[int] = None  # use only the first `limit` images of each split (smoke tests)
+    binarize: bool = True
+    threads: Optional[int] = None
+    progress: bool = True
+
+    def lr_at(self, epoch: int) -> float:
+        return max(self.lr * self.lr_decay**epoch, self.min_lr)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    wall_time_s: float = 0.0
+    history: list = field(default_factory=list)  # one dict per finished epoch
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict:
+    out = {}
+    for idx, state in opt.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
+    state = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def save_training(out_dir: Path, model: DRAW, opt, state: TrainState, tcfg: TrainConfig) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(_optimizer_tensors(opt))
+    meta = {"model_config": model.config.to_dict(), "train_config": asdict(tcfg), "state": asdict(state)}
+    save_checkpoint(out_dir / CHECKPOINT_NAME, tensors, meta)
+    model.save_pretrained(out_dir)
+
+
+def load_training(out_dir: Path):
+    """Return (model, tensors, metadata) of the checkpoint in out_dir."""
+    tensors, meta = load_checkpoint(out_dir / CHECKPOINT_NAME)
+    try:
+        model = DRAW(DrawConfig.from_dict(meta["model_config"]))
+        state = TrainState(**meta["state"])
+    except (KeyError, TypeError) as e:
+        raise DrawnetError(f"{out_dir / CHECKPOINT_NAME} has an invalid header ({e})") from None
+    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, out_dir / CHECKPOINT_NAME)
+    return model, tensors, state
+
+
+def _truncate_csv(path: Path, key: str, last: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r[key]) <= last]
+    _write_csv(path, rows, write_header=True, mode="w")
+
+
+def _write_csv(path: Path, rows, write_header: bool, mode: str = "a") -> None:
+    fields = STEP_FIELDS if path.name == "steps.csv" else EPOCH_FIELDS
+    with open(path, mode, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if write_header:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = False, log=print) -> DRAW:
+    """Train (or resume) a DRAW model; returns it. Writes checkpoint, config.json, model.safetensors,
+    steps.csv (per step) and log.csv / log.json (per epoch) to tcfg.out_dir."""
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+    out_dir = Path(tcfg.out_dir)
+    if resume and (out_dir / CHECKPOINT_NAME).is_file():
+        model, tensors, state = load_training(out_dir)
+        if model_config is not None and model_config != model.config:
+            raise DrawnetError(f"{out_dir} holds a run of a different model; resume it without overrides")
+        log(f"resuming {out_dir} at epoch {state.epoch}, step {state.step}")
+    else:
+        if resume:
+            log(f"no checkpoint in {out_dir}; starting a new run")
+        if (out_dir / CHECKPOINT_NAME).is_file():
+            raise DrawnetError(f"{out_dir} already holds a run: pass --resume to continue it or choose another --out")
+        model, tensors, state = DRAW(model_config), None, TrainState()
+    cfg = model.config
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / ".write-test").touch()
+        (out_dir / ".write-test").unlink()
+    except OSError as e:
+        raise DrawnetError(f"output directory {out_dir} is not writable: {e.strerror}") from None
+
+    splits = load_dataset(tcfg.dataset, tcfg.data_dir, (cfg.channels, cfg.height, cfg.width))
+    train_x, valid_x = splits.train[: tcfg.limit], splits.valid[: tcfg.limit]
+    if tcfg.binarize:
+        valid_x = binarize(valid_x, VALID_SEED)
+    steps_per_epoch = len(train_x) // tcfg.batch_size
+    if steps_per_epoch == 0:
+        raise DrawnetError(f"batch size {tcfg.batch_size} is larger than the training set ({len(train_x)})")
+
+    opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr_at(state.epoch))
+    if tensors is not None:
+        _load_optimizer(opt, tensors)
+        for group in opt.param_groups:
+            group["lr"] = tcfg.lr_at(state.epoch)
+    steps_csv, log_csv = out_dir / "steps.csv", out_dir / "log.csv"
+    _truncate_csv(steps_csv, "step", state.step)
+    _truncate_csv(log_csv, "epoch", state.epoch)
+    if not steps_csv.is_file():
+        _write_csv(steps_csv, [], write_header=True)
+        _write_csv(log_csv, [], write_header=True)
+    log(f"{cfg} | {model.num_parameters():,} parameters | {len(train_x)} training images, "
+        f"batch {tcfg.batch_size}, {steps_per_epoch} steps/epoch")
+
+    stop = {"signal": None}
+    def _on_signal(signum, _frame):  # finish the step, checkpoint, exit
+        stop["signal"] = signum
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    start, start_wall = time.time(), state.wall_time_s
+    last_ckpt = time.time()
+    wall = lambda: start_wall + time.time() - start  # noqa: E731
+
+    def checkpoint():
+        state.wall_time_s = wall()
+        save_training(out_dir, model, opt, state, tcfg)
+
+    try:
+        while state.epoch < tcfg.epochs:
+            perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(tcfg.seed * 100003 + state.epoch))
+            first = state.step - state.epoch * steps_per_epoch  # > 0 when resuming mid-epoch
+            bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {state.epoch + 1}", initial=first,
+                       total=steps_per_epoch, disable=not tcfg.progress, dynamic_ncols=True, leave=False)
+            rows, sums = [], torch.zeros(2)
+            model.train()
+            for i in bar:
+                torch.manual_seed(tcfg.seed * 1000003 + state.step)
+                x = train_x[perm[i * tcfg.batch_size : (i + 1) * tcfg.batch_size]]
+                if tcfg.binarize:
+                    x = torch.bernoulli(x)
+                out = model(x)
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
+                opt.step()
+                state.step += 1
+                L_z = out.L_z.mean().item()
+                loss = out.loss.item()
+                sums += torch.tensor([loss, L_z])
+                rows.append({"step": state.step, "epoch": state.epoch, "loss": f"{loss:.4f}",
+                             "L_x": f"{loss - L_z:.4f}", "L_z": f"{L_z:.4f}",
+                             "grad_norm": f"{grad_norm.item():.3f}", "lr": opt.param_groups[0]["lr"]})
+                bar.set_postfix(loss=f"{loss:.2f}", KL=f"{L_z:.2f}")
+                done = tcfg.max_steps is not None and state.step >= tcfg.max_steps
+                timed_out = tcfg.max_minutes is not None and wall() - start_wall >= 60 * tcfg.max_minutes
+                if time.time() - last_ckpt >= 60 * tcfg.checkpoint_minutes or done or timed_out or stop["signal"]:
+                    _write_csv(steps_csv, rows, write_header=False)
+                    rows = []
+                    checkpoint()
+                    last_ckpt = time.time()
+                if done or timed_out or stop["signal"]:
+                    bar.close()
+                    reason = "max steps" if done else "time limit" if timed_out else "signal"
+                    log(f"stopped ({reason}) at epoch {state.epoch}, step {state.step}; checkpoint in {out_dir}")
+                    return model
+            bar.close()
+            _write_csv(steps_csv, rows, write_header=False)
+            n = steps_per_epoch - first
+            valid_bound = elbo(model, valid_x, batch_size=500, seed=VALID_SEED)[0]
+            state.epoch += 1
+            record = {"epoch": state.epoch, "step": state.step, "train_loss": round(sums[0].item() / max(n, 1), 4),
+                      "train_L_z": round(sums[1].item() / max(n, 1), 4), "valid_bound": round(valid_bound, 4),
+                      "lr": opt.param_groups[0]["lr"], "wall_time_s": round(wall(), 1)}
+            state.history.append(record)
+            _write_csv(log_csv, [record], write_header=False)
+            (out_dir / "log.json").write_text(json.dumps(state.history, indent=1) + "\n")
+            log(f"epoch {state.epoch}: train {record['train_loss']:.2f} (KL {record['train_L_z']:.2f}) "
+                f"valid bound {valid_bound:.2f} nats, lr {record['lr']:.2e}, {record['wall_time_s'] / 60:.1f} min")
+            for group in opt.param_groups:
+                group["lr"] = tcfg.lr_at(state.epoch)
+            checkpoint()
+            last_ckpt = time.time()
+        return model
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
