@@ -40,7 +40,7 @@ def _filters(g: torch.Tensor, delta: torch.Tensor, sigma2: torch.Tensor, N: int,
     a = torch.arange(1, size + 1, dtype=g.dtype, device=g.device)
     mu = g[:, None] + (i - N / 2 - 0.5) * delta[:, None]  # eq. 19-20, [batch, N]
     F = torch.exp(-((a - mu[:, :, None]) ** 2) / (2 * sigma2[:, None, None]))
-    return F / (F.sum(-1, keepdim=True) + EPS)
+    return F / F.sum(-1, keepdim=True).clamp(min=EPS)
 
 
 def filterbank(gx, gy, sigma2, delta, N: int, A: int, B: int):

@@ -9,9 +9,17 @@ import torch
 from .errors import DrawnetError
 
 
-def _load_model(path):
+PRETRAINED = Path(__file__).parent / "pretrained"  # the models shipped with the package
+MODEL_HELP = "a model directory (config.json + model.safetensors) or a shipped model: mnist (default), mnist-noattn"
+
+
+def _load_model(name_or_path):
+    """A model directory, or the name of a shipped model (mnist, mnist-noattn)."""
     from .model import DRAW
 
+    path = Path(name_or_path)
+    if not path.exists() and (PRETRAINED / name_or_path).is_dir():
+        path = PRETRAINED / name_or_path
     return DRAW.from_pretrained(path)
 
 
@@ -26,6 +34,13 @@ def _add_model_overrides(p):
             p.add_argument(flag, type=int if f.type in (int, "int") else str, default=None)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _parse_bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes", "on"):
         return True
@@ -34,27 +49,28 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def cmd_train(args):
-    from .model import DrawConfig
-    from .train import PRESET_DATASETS, TrainConfig, train
+TRAIN_FLAGS = ["batch_size", "lr", "lr_decay", "min_lr", "clip", "epochs", "max_minutes", "max_steps",
+               "checkpoint_minutes", "seed", "limit", "threads", "dataset", "data_dir"]
 
+
+def cmd_train(args):
+    """Start a run, or resume one: a resumed run keeps its saved settings except the flags given now."""
+    from .model import DrawConfig
+    from .train import PRESET_DATASETS, TrainConfig, saved_train_config, train
+
+    out_dir = args.out or f"runs/{args.preset}"
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(DrawConfig) if getattr(args, f.name) is not None}
-    has_run = args.resume and (Path(args.out or f"runs/{args.preset}") / "checkpoint.safetensors").is_file()
-    model_config = None if has_run and not overrides else DrawConfig.preset(args.preset, **overrides)
-    tcfg = TrainConfig(
-        out_dir=args.out or f"runs/{args.preset}",
-        dataset=args.dataset or PRESET_DATASETS.get(args.preset, args.preset),
-        data_dir=args.data_dir, batch_size=args.batch_size, lr=args.lr, lr_decay=args.lr_decay, min_lr=args.min_lr,
-        clip=args.clip, epochs=args.epochs, max_minutes=args.max_minutes, max_steps=args.max_steps,
-        checkpoint_minutes=args.checkpoint_minutes, seed=args.seed, limit=args.limit, threads=args.threads,
-        progress=not args.no_progress,
-    )
-    train(model_config, tcfg, resume=args.resume)
+    saved = saved_train_config(out_dir) if args.resume else None
+    model_config = None if saved is not None and not overrides else DrawConfig.preset(args.preset, **overrides)
+    settings = dict(saved or {"dataset": PRESET_DATASETS.get(args.preset, args.preset)})
+    settings.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
+    settings.update(out_dir=out_dir, progress=not args.no_progress)
+    train(model_config, TrainConfig(**settings), resume=args.resume)
 
 
 def cmd_eval(args):
     from .data import TEST_SEED, binarize, load_dataset
-    from .evaluate import elbo
+    from .evaluate import elbo, iw_bound
     from .model import bits_per_dim
 
     model = _load_model(args.model)
@@ -62,11 +78,16 @@ def cmd_eval(args):
     x = load_dataset(args.dataset, args.data_dir, (cfg.channels, cfg.height, cfg.width)).test[: args.limit]
     if cfg.likelihood == "bernoulli":
         x = binarize(x, TEST_SEED)
-    mean, stderr = elbo(model, x, batch_size=args.batch_size, seed=args.seed, progress=True)
-    line = f"test NLL bound (ELBO) on {len(x)} images: {mean:.2f} +- {stderr:.2f} nats"
-    if cfg.likelihood != "bernoulli":
-        line += f" ({bits_per_dim(mean, cfg):.3f} bits/dim)"
-    print(line)
+
+    def report(name, mean, stderr):
+        line = f"test NLL bound ({name}) on {len(x)} images: {mean:.2f} +- {stderr:.2f} nats"
+        if cfg.likelihood != "bernoulli":
+            line += f" ({bits_per_dim(mean, cfg):.3f} bits/dim)"
+        print(line, flush=True)
+
+    report("ELBO", *elbo(model, x, batch_size=args.batch_size, seed=args.seed, progress=True))
+    if args.iw:
+        report(f"IW, K={args.iw}", *iw_bound(model, x, args.iw, batch_size=args.batch_size, seed=args.seed, progress=True))
 
 
 def cmd_sample(args):
@@ -78,10 +99,51 @@ def cmd_sample(args):
     print(f"wrote {args.n} samples to {path}")
 
 
+def cmd_animate(args):
+    """Watch it draw: samples.gif + progression.png (and the same for test-set reconstructions)."""
+    from .visualize import animate_reconstructions, animate_samples
+
+    model = _load_model(args.model)
+    out = Path(args.out_dir)
+    opts = dict(seed=args.seed, columns=args.columns, frame_ms=args.frame_ms)
+    gif, png = animate_samples(model, args.n, out / "samples.gif", out / "progression.png", **opts)
+    print(f"wrote {gif} ({model.config.T + 1} frames: the blank canvas, then glimpses 1..{model.config.T})")
+    print(f"wrote {png} (rows: {args.n} samples; columns: glimpses)")
+    if args.reconstruct:
+        from .data import TEST_SEED, binarize, load_dataset
+
+        cfg = model.config
+        x = load_dataset(args.dataset, args.data_dir, (cfg.channels, cfg.height, cfg.width)).test
+        if cfg.likelihood == "bernoulli":
+            x = binarize(x, TEST_SEED)  # the whole test set, so the images are the ones `eval` scores
+        gif, png = animate_reconstructions(model, x[: args.n], out / "reconstruction.gif",
+                                           out / "reconstruction_progression.png", **opts)
+        print(f"wrote {gif} (red: write window, green: read window)")
+        print(f"wrote {png} (rows: the first {min(args.n, len(x))} test images; columns: glimpses, then the image)")
+
+
+def cmd_filterbank(args):
+    """The paper's figure 3 on one test image."""
+    from .data import load_dataset
+    from .visualize import filterbank_figure
+
+    test = load_dataset(args.dataset, args.data_dir).test
+    if not 0 <= args.index < len(test):
+        raise DrawnetError(f"--index must be in 0..{len(test) - 1}, got {args.index}")
+    print(f"wrote {filterbank_figure(test[args.index], args.out, N=args.N)}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get the same one-line error as bad input (`drawnet --help` shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"drawnet: error: {self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .model import PRESETS
 
-    parser = argparse.ArgumentParser(prog="drawnet", description="DRAW: a recurrent attentive writer (Gregor et al. 2015)")
+    parser = _Parser(prog="drawnet", description="DRAW: a recurrent attentive writer (Gregor et al. 2015)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a preset (resumable)")
@@ -90,16 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--dataset", help="data set (default: the preset's)")
     p.add_argument("--data-dir", help="where the data set's files are or are cached")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--lr-decay", type=float, default=0.98, help="learning-rate factor per epoch")
-    p.add_argument("--min-lr", type=float, default=1e-4)
-    p.add_argument("--clip", type=float, default=50.0, help="max gradient norm")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr-decay", type=float, help="learning-rate factor per epoch (default 0.98)")
+    p.add_argument("--min-lr", type=float, help="learning-rate floor (default 1e-4)")
+    p.add_argument("--clip", type=float, help="max gradient norm (default 50)")
+    p.add_argument("--epochs", type=int, help="train until this many epochs (default 100)")
     p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this much time")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, help="stop with a checkpoint after this many steps in all")
+    p.add_argument("--checkpoint-minutes", type=float, help="minutes between checkpoints (default 5)")
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--limit", type=int, help="use only the first LIMIT images of each split")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -107,26 +169,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="test-set NLL bound in nats")
-    p.add_argument("--model", required=True, help="a model directory (config.json + model.safetensors)")
+    p.add_argument("--model", default="mnist", help=MODEL_HELP)
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir")
     p.add_argument("--limit", type=int, help="score only the first LIMIT test images")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--iw", type=int, metavar="K", help="also the importance-weighted bound with K samples")
+    p.add_argument("--batch-size", type=int, default=500, help="trajectories per forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="write a PNG grid of generated images")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", default="mnist", help=MODEL_HELP)
     p.add_argument("--out", default="samples.png")
-    p.add_argument("-n", type=int, default=64)
-    p.add_argument("--nrow", type=int, default=8)
+    p.add_argument("-n", type=_positive_int, default=64)
+    p.add_argument("--nrow", type=_positive_int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("animate", help="GIF + PNG of the canvas glimpse by glimpse, attention windows drawn")
+    p.add_argument("--model", default="mnist", help=MODEL_HELP)
+    p.add_argument("--out-dir", default=".", help="where samples.gif and progression.png go (default .)")
+    p.add_argument("-n", type=_positive_int, default=16, help="images to draw (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reconstruct", action="store_true",
+                   help="also reconstruction.gif + reconstruction_progression.png of the first N test images")
+    p.add_argument("--dataset", default="mnist", help="test images for --reconstruct (default mnist)")
+    p.add_argument("--data-dir")
+    p.add_argument("--columns", type=_positive_int, default=16, help="about this many glimpses in the PNGs")
+    p.add_argument("--frame-ms", type=_positive_int, default=100, help="milliseconds per GIF frame")
+    p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser("filterbank", help="the paper's figure 3: filterbank windows and the patches they read")
+    p.add_argument("--out", default="filterbank.png")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--data-dir")
+    p.add_argument("--index", type=int, default=0, help="which test image (default 0, the first)")
+    p.add_argument("-N", type=_positive_int, default=12, help="patch size N (default 12)")
+    p.set_defaults(func=cmd_filterbank)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or bad flags (already reported in one line)
+        return e.code
     try:
         args.func(args)
     except DrawnetError as e:

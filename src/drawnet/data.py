@@ -129,7 +129,7 @@ def read_idx(path: Path) -> np.ndarray:
             raise ValueError("not an unsigned-byte IDX file")
         shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
         data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-        return data.reshape(shape)
+        return data.reshape(shape).copy()  # writable, so torch.from_numpy does not warn
     except (OSError, ValueError, struct.error, EOFError) as e:
         raise DrawnetError(f"unreadable data file {path}: {e}") from None
 
@@ -147,12 +147,16 @@ def fashion_mnist_arrays(data_dir: Optional[Path] = None) -> dict:
 
 
 DATASETS = {"mnist": mnist_arrays, "fashion-mnist": fashion_mnist_arrays}
+SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28)}  # [C, H, W] of each data set's images
 
 
 def load_dataset(name: str, data_dir=None, shape=(1, 28, 28)) -> Splits:
     """Float tensors [n, C, H, W] in [0, 1] for the train, valid and test splits."""
     if name not in DATASETS:
         raise DrawnetError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
+    if tuple(shape) != SHAPES[name]:
+        raise DrawnetError(f"data set {name} has images of shape {list(SHAPES[name])} but the model expects "
+                           f"{list(shape)} (channels, height, width)")
     arrays = DATASETS[name](data_dir)
     return Splits(*(torch.from_numpy(arrays[f"{s}_x"]).float().reshape(-1, *shape) for s in Splits._fields))
 

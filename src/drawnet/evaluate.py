@@ -5,12 +5,15 @@ import math
 import torch
 from tqdm import tqdm
 
+from .errors import DrawnetError
 from .model import DRAW
 
 
 @torch.no_grad()
 def per_image_elbo(model: DRAW, x: torch.Tensor, batch_size: int = 500, seed: int = 0, progress: bool = False):
     """L_x + L_z for every image, [n] (the posterior noise is seeded, so repeated calls agree)."""
+    if len(x) == 0:
+        raise DrawnetError("no images to evaluate")
     model.eval()
     torch.manual_seed(seed)
     chunks = []
@@ -29,3 +32,36 @@ def mean_and_stderr(values: torch.Tensor):
 def elbo(model: DRAW, x: torch.Tensor, batch_size: int = 500, seed: int = 0, progress: bool = False):
     """(mean, standard error) of the per-image ELBO bound in nats."""
     return mean_and_stderr(per_image_elbo(model, x, batch_size, seed, progress))
+
+
+@torch.no_grad()
+def per_image_iw(model: DRAW, x: torch.Tensor, K: int, batch_size: int = 500, seed: int = 0, progress: bool = False):
+    """-log (1/K) sum_k w_k for every image, [n]: the importance-weighted bound with K whole trajectories
+    z_1..z_T per image, log w = log D(x|c_T) + sum_t [log p(z_t) - log q(z_t|.)] (Burda et al. 2016).
+
+    Each forward pass runs up to batch_size trajectories: several images with all their K samples when K is
+    small, or one image's samples in chunks when K is large; log-sum-exp accumulates across chunks."""
+    if K < 1:
+        raise ValueError(f"K must be >= 1, got {K}")
+    model.eval()
+    torch.manual_seed(seed)
+    images_per_pass = max(1, batch_size // K)
+    samples_per_pass = min(K, max(1, batch_size // images_per_pass))
+    bounds = []
+    with tqdm(total=len(x) * K, desc=f"IW bound, K={K}", unit="traj", unit_scale=True,
+              disable=not progress, leave=False) as bar:
+        for i in range(0, len(x), images_per_pass):
+            xb = x[i : i + images_per_pass]
+            log_sum = xb.new_full((len(xb),), -math.inf, dtype=torch.float64)
+            for k0 in range(0, K, samples_per_pass):
+                k = min(samples_per_pass, K - k0)
+                log_w = model(xb.repeat_interleave(k, dim=0)).log_w.view(len(xb), k).double()
+                log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, dim=1))
+                bar.update(len(xb) * k)
+            bounds.append(math.log(K) - log_sum)
+    return torch.cat(bounds)
+
+
+def iw_bound(model: DRAW, x: torch.Tensor, K: int, batch_size: int = 500, seed: int = 0, progress: bool = False):
+    """(mean, standard error) of the per-image importance-weighted bound in nats."""
+    return mean_and_stderr(per_image_iw(model, x, K, batch_size, seed, progress))

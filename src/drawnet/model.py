@@ -170,7 +170,7 @@ class DRAW(nn.Module):
                 f"images must have shape [batch, {cfg.channels}, {cfg.height}, {cfg.width}] for this model, "
                 f"got {list(x.shape)}"
             )
-        if not torch.is_floating_point(x) or x.numel() and (x.min() < 0 or x.max() > 1):
+        if not torch.is_floating_point(x) or x.numel() and not ((x >= 0) & (x <= 1)).all():  # NaN fails too
             raise DrawnetError("images must be floating point with values in [0, 1]")
 
     # --- the recurrence (eq. 3-8) and the loss (eq. 9-12) ---

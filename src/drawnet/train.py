@@ -25,6 +25,7 @@ from .evaluate import elbo
 from .model import DRAW, DrawConfig
 
 PRESET_DATASETS = {"mnist": "mnist", "mnist-noattn": "mnist"}
+MAX_BAD_STEPS = 5  # consecutive non-finite steps before training gives up
 STEP_FIELDS = ["step", "epoch", "loss", "L_x", "L_z", "grad_norm", "lr"]
 EPOCH_FIELDS = ["epoch", "step", "train_loss", "train_L_z", "valid_bound", "lr", "wall_time_s"]
 
@@ -49,6 +50,17 @@ class TrainConfig:
     threads: Optional[int] = None
     progress: bool = True
 
+    def __post_init__(self):
+        for name in ("batch_size", "epochs", "max_steps", "limit", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "epochs" else 1):
+                raise DrawnetError(f"{name.replace('_', '-')} must be {'>= 0' if name == 'epochs' else '>= 1'}, got {value}")
+        for name in ("lr", "lr_decay", "clip", "min_lr", "checkpoint_minutes", "max_minutes"):
+            value = getattr(self, name)
+            strict = name in ("lr", "lr_decay", "clip")
+            if value is not None and not (value > 0 if strict else value >= 0):
+                raise DrawnetError(f"{name.replace('_', '-')} must be {'> 0' if strict else '>= 0'}, got {value}")
+
     def lr_at(self, epoch: int) -> float:
         return max(self.lr * self.lr_decay**epoch, self.min_lr)
 
@@ -57,6 +69,11 @@ class TrainConfig:
 class TrainState:
     step: int = 0
     epoch: int = 0
+    epoch_step: int = 0  # steps done in the current epoch
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
+    epoch_good: int = 0  # finite steps so far in this epoch, and the sums of their losses
+    epoch_loss: float = 0.0
+    epoch_L_z: float = 0.0
     wall_time_s: float = 0.0
     history: list = field(default_factory=list)  # one dict per finished epoch
 
@@ -88,6 +105,13 @@ def save_training(out_dir: Path, model: DRAW, opt, state: TrainState, tcfg: Trai
     model.save_pretrained(out_dir)
 
 
+def saved_train_config(out_dir: Path) -> Optional[dict]:
+    """The TrainConfig fields of the run in out_dir, or None if there is no checkpoint."""
+    if not (Path(out_dir) / CHECKPOINT_NAME).is_file():
+        return None
+    return load_checkpoint(Path(out_dir) / CHECKPOINT_NAME)[1].get("train_config")
+
+
 def load_training(out_dir: Path):
     """Return (model, tensors, metadata) of the checkpoint in out_dir."""
     tensors, meta = load_checkpoint(out_dir / CHECKPOINT_NAME)
@@ -104,8 +128,8 @@ def _truncate_csv(path: Path, key: str, last: int) -> None:
     """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
     if not path.is_file():
         return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r[key]) <= last]
+    with open(path, newline="") as f:  # a row cut short by a kill has empty fields: drop it too
+        rows = [r for r in csv.DictReader(f) if all(r.values()) and None not in r and int(r[key]) <= last]
     _write_csv(path, rows, write_header=True, mode="w")
 
 
@@ -126,6 +150,10 @@ def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = 
     out_dir = Path(tcfg.out_dir)
     if resume and (out_dir / CHECKPOINT_NAME).is_file():
         model, tensors, state = load_training(out_dir)
+        saved_batch = (saved_train_config(out_dir) or {}).get("batch_size", tcfg.batch_size)
+        if state.epoch_step and saved_batch != tcfg.batch_size:
+            raise DrawnetError(f"{out_dir} stopped mid-epoch with batch size {saved_batch}; "
+                               "resume with the same batch size (it may change at an epoch boundary)")
         if model_config is not None and model_config != model.config:
             raise DrawnetError(f"{out_dir} holds a run of a different model; resume it without overrides")
         log(f"resuming {out_dir} at epoch {state.epoch}, step {state.step}")
@@ -134,6 +162,7 @@ def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = 
             log(f"no checkpoint in {out_dir}; starting a new run")
         if (out_dir / CHECKPOINT_NAME).is_file():
             raise DrawnetError(f"{out_dir} already holds a run: pass --resume to continue it or choose another --out")
+        torch.manual_seed(tcfg.seed)  # the initial weights belong to the seed too
         model, tensors, state = DRAW(model_config), None, TrainState()
     cfg = model.config
     try:
@@ -178,31 +207,65 @@ def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = 
         state.wall_time_s = wall()
         save_training(out_dir, model, opt, state, tcfg)
 
+    def train_step(x) -> dict:
+        """One Adam update; a non-finite loss or gradient skips the update and is counted."""
+        out = model(x)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
+        finite = bool(torch.isfinite(out.loss) and torch.isfinite(grad_norm))
+        if finite:
+            opt.step()
+        loss, L_z = out.loss.item(), out.L_z.mean().item()
+        return {"step": state.step + 1, "epoch": state.epoch, "loss": f"{loss:.4f}", "L_x": f"{loss - L_z:.4f}",
+                "L_z": f"{L_z:.4f}", "grad_norm": f"{grad_norm.item():.3f}", "lr": opt.param_groups[0]["lr"],
+                "finite": finite, "values": (loss, L_z)}
+
+    def end_of_epoch():
+        valid_bound = elbo(model, valid_x, batch_size=500, seed=VALID_SEED)[0]
+        n = max(state.epoch_good, 1)
+        record = {"epoch": state.epoch + 1, "step": state.step, "train_loss": round(state.epoch_loss / n, 4),
+                  "train_L_z": round(state.epoch_L_z / n, 4), "valid_bound": round(valid_bound, 4),
+                  "lr": opt.param_groups[0]["lr"], "wall_time_s": round(wall(), 1)}
+        state.history.append(record)
+        state.epoch, state.epoch_step, state.epoch_good, state.epoch_loss, state.epoch_L_z = state.epoch + 1, 0, 0, 0.0, 0.0
+        _write_csv(log_csv, [record], write_header=False)
+        (out_dir / "log.json").write_text(json.dumps(state.history, indent=1) + "\n")
+        log(f"epoch {state.epoch}: train {record['train_loss']:.2f} (KL {record['train_L_z']:.2f}) "
+            f"valid bound {valid_bound:.2f} nats, lr {record['lr']:.2e}, {record['wall_time_s'] / 60:.1f} min")
+        for group in opt.param_groups:
+            group["lr"] = tcfg.lr_at(state.epoch)
+
+    bad_in_a_row = 0
     try:
         while state.epoch < tcfg.epochs:
             perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(tcfg.seed * 100003 + state.epoch))
-            first = state.step - state.epoch * steps_per_epoch  # > 0 when resuming mid-epoch
-            bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {state.epoch + 1}", initial=first,
-                       total=steps_per_epoch, disable=not tcfg.progress, dynamic_ncols=True, leave=False)
-            rows, sums = [], torch.zeros(2)
+            bar = tqdm(range(state.epoch_step, steps_per_epoch), desc=f"epoch {state.epoch + 1}",
+                       initial=state.epoch_step, total=steps_per_epoch, disable=not tcfg.progress,
+                       dynamic_ncols=True, leave=False)
+            rows = []
             model.train()
             for i in bar:
                 torch.manual_seed(tcfg.seed * 1000003 + state.step)
                 x = train_x[perm[i * tcfg.batch_size : (i + 1) * tcfg.batch_size]]
-                if tcfg.binarize:
-                    x = torch.bernoulli(x)
-                out = model(x)
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
-                opt.step()
+                row = train_step(torch.bernoulli(x) if tcfg.binarize else x)
+                loss, L_z = row.pop("values")
                 state.step += 1
-                L_z = out.L_z.mean().item()
-                loss = out.loss.item()
-                sums += torch.tensor([loss, L_z])
-                rows.append({"step": state.step, "epoch": state.epoch, "loss": f"{loss:.4f}",
-                             "L_x": f"{loss - L_z:.4f}", "L_z": f"{L_z:.4f}",
-                             "grad_norm": f"{grad_norm.item():.3f}", "lr": opt.param_groups[0]["lr"]})
+                state.epoch_step += 1
+                if row.pop("finite"):
+                    bad_in_a_row = 0
+                    state.epoch_good += 1
+                    state.epoch_loss += loss
+                    state.epoch_L_z += L_z
+                else:
+                    state.skipped += 1
+                    bad_in_a_row += 1
+                    log(f"step {state.step}: non-finite loss or gradient, update skipped")
+                    if bad_in_a_row >= MAX_BAD_STEPS:
+                        raise DrawnetError(f"training stopped: {bad_in_a_row} non-finite steps in a row at step "
+                                           f"{state.step}; the last good checkpoint is in {out_dir} "
+                                           "(try a lower --lr or --clip)")
+                rows.append(row)
                 bar.set_postfix(loss=f"{loss:.2f}", KL=f"{L_z:.2f}")
                 done = tcfg.max_steps is not None and state.step >= tcfg.max_steps
                 timed_out = tcfg.max_minutes is not None and wall() - start_wall >= 60 * tcfg.max_minutes
@@ -218,19 +281,7 @@ def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = 
                     return model
             bar.close()
             _write_csv(steps_csv, rows, write_header=False)
-            n = steps_per_epoch - first
-            valid_bound = elbo(model, valid_x, batch_size=500, seed=VALID_SEED)[0]
-            state.epoch += 1
-            record = {"epoch": state.epoch, "step": state.step, "train_loss": round(sums[0].item() / max(n, 1), 4),
-                      "train_L_z": round(sums[1].item() / max(n, 1), 4), "valid_bound": round(valid_bound, 4),
-                      "lr": opt.param_groups[0]["lr"], "wall_time_s": round(wall(), 1)}
-            state.history.append(record)
-            _write_csv(log_csv, [record], write_header=False)
-            (out_dir / "log.json").write_text(json.dumps(state.history, indent=1) + "\n")
-            log(f"epoch {state.epoch}: train {record['train_loss']:.2f} (KL {record['train_L_z']:.2f}) "
-                f"valid bound {valid_bound:.2f} nats, lr {record['lr']:.2e}, {record['wall_time_s'] / 60:.1f} min")
-            for group in opt.param_groups:
-                group["lr"] = tcfg.lr_at(state.epoch)
+            end_of_epoch()
             checkpoint()
             last_ckpt = time.time()
         return model

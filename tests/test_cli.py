@@ -1,0 +1,213 @@
+"""The command line, end to end on tiny settings: train (and resume), eval, sample, and clean errors."""
+import csv
+import json
+import math
+import re
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from drawnet import DRAW
+from drawnet.checkpoint import load_checkpoint
+from drawnet.cli import main
+
+TINY_MODEL = ["--T", "2", "--enc-size", "32", "--dec-size", "32", "--z-size", "8"]
+TINY_RUN = ["--limit", "256", "--batch-size", "64", "--no-progress"]  # 4 steps per epoch
+RUN_FILES = {"checkpoint.safetensors", "config.json", "model.safetensors", "steps.csv", "log.csv", "log.json"}
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One tiny training run (1 epoch, 4 steps), shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    code = main(["train", *TINY_RUN, "--epochs", "1", *TINY_MODEL, "--out", str(out)])
+    assert code == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A private copy of the trained run that a test may modify."""
+    dest = tmp_path / "run"
+    shutil.copytree(trained_run, dest)
+    return dest
+
+
+def test_train_writes_a_complete_run(trained_run):
+    assert RUN_FILES <= {p.name for p in trained_run.iterdir()}
+    assert not [p.name for p in trained_run.iterdir() if p.name.endswith(".tmp")]
+
+    config = json.loads((trained_run / "config.json").read_text())
+    assert (config["T"], config["enc_size"], config["dec_size"], config["z_size"]) == (2, 32, 32, 8)
+    assert config["read_attention"] and config["write_attention"]  # the mnist preset's defaults otherwise
+
+    steps = read_csv(trained_run / "steps.csv")
+    assert [int(r["step"]) for r in steps] == [1, 2, 3, 4]
+    for r in steps:
+        assert float(r["loss"]) == pytest.approx(float(r["L_x"]) + float(r["L_z"]), abs=1e-3)
+        assert math.isfinite(float(r["grad_norm"]))
+    log = read_csv(trained_run / "log.csv")
+    assert len(log) == 1 and int(log[0]["epoch"]) == 1 and int(log[0]["step"]) == 4
+    assert 0 < float(log[0]["valid_bound"]) < 1000
+    history = json.loads((trained_run / "log.json").read_text())
+    assert len(history) == 1 and history[0]["epoch"] == 1
+
+    model = DRAW.from_pretrained(trained_run)
+    assert model.config.T == 2
+    tensors, meta = load_checkpoint(trained_run / "checkpoint.safetensors")
+    assert meta["state"]["epoch"] == 1 and meta["state"]["step"] == 4
+    assert meta["model_config"] == config
+    # The checkpoint's model weights are the exported model's weights.
+    for k, v in model.state_dict().items():
+        assert torch.equal(tensors[f"model.{k}"], v), k
+
+
+def test_resume_continues_the_run(run_copy, run_cli):
+    # As if the process was killed after logging two more steps but before their checkpoint was written:
+    # those rows must be dropped on resume (they are trained and logged again).
+    with open(run_copy / "steps.csv", "a", newline="") as f:
+        f.write("5,1,540.0,539.0,1.0,4.0,0.001\n6,1,539.0,538.0,1.0,4.0,0.001\n")
+    code, out, err = run_cli("train", *TINY_RUN, "--epochs", "2", "--out", run_copy, "--resume")
+    assert code == 0, err
+    assert "resuming" in out
+    log = read_csv(run_copy / "log.csv")
+    assert [int(r["epoch"]) for r in log] == [1, 2]
+    steps = [int(r["step"]) for r in read_csv(run_copy / "steps.csv")]
+    assert steps == list(range(1, 9))  # no duplicated or missing steps
+    assert [h["epoch"] for h in json.loads((run_copy / "log.json").read_text())] == [1, 2]
+    _, meta = load_checkpoint(run_copy / "checkpoint.safetensors")
+    assert meta["state"]["epoch"] == 2 and meta["state"]["step"] == 8
+    # Resuming a finished run does nothing more.
+    code, _, _ = run_cli("train", *TINY_RUN, "--epochs", "2", "--out", run_copy, "--resume")
+    assert code == 0
+    assert len(read_csv(run_copy / "log.csv")) == 2 and len(read_csv(run_copy / "steps.csv")) == 8
+
+
+def test_resumed_run_equals_uninterrupted_run(run_copy, tmp_path, run_cli):
+    """train.py promises that a resumed run continues exactly as the uninterrupted one."""
+    code, _, err = run_cli("train", *TINY_RUN, "--epochs", "2", *TINY_MODEL, "--out", tmp_path / "straight")
+    assert code == 0, err
+    code, _, err = run_cli("train", *TINY_RUN, "--epochs", "2", "--out", run_copy, "--resume")
+    assert code == 0, err
+    assert read_csv(tmp_path / "straight" / "steps.csv") == read_csv(run_copy / "steps.csv")
+    a = DRAW.from_pretrained(tmp_path / "straight").state_dict()
+    b = DRAW.from_pretrained(run_copy).state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_eval_prints_a_bound(trained_run, run_cli):
+    code, out, err = run_cli("eval", "--model", trained_run, "--limit", "100", "--batch-size", "50")
+    assert code == 0, err
+    match = re.search(r"test NLL bound \(ELBO\) on 100 images: ([0-9.]+) \+- ([0-9.]+) nats", out)
+    assert match, out
+    mean, stderr = float(match.group(1)), float(match.group(2))
+    assert 0 < mean < 1000 and 0 < stderr < mean
+    # Seeded: the same command prints the same line.
+    _, again, _ = run_cli("eval", "--model", trained_run, "--limit", "100", "--batch-size", "50")
+    assert again.strip().splitlines()[-1] == out.strip().splitlines()[-1]
+
+
+def test_sample_writes_a_png_grid(trained_run, tmp_path, run_cli):
+    path = tmp_path / "out" / "grid.png"
+    code, out, err = run_cli("sample", "--model", trained_run, "--out", path, "-n", "6", "--nrow", "3")
+    assert code == 0, err
+    assert "wrote 6 samples" in out
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        # 28x28 images at scale 2 with a 2-pixel border: 3 columns, 2 rows.
+        assert img.size == (3 * (56 + 2) + 2, 2 * (56 + 2) + 2)
+
+
+@pytest.mark.parametrize("case", [
+    "eval-missing-model", "sample-missing-model", "corrupted-weights", "corrupted-checkpoint", "T=0",
+    "read-n too large", "write-n too large", "existing run", "resume other model", "unknown likelihood",
+    "unknown dataset", "not-json-config",
+])
+def test_bad_input_is_a_one_line_error(case, run_copy, tmp_path, run_cli, one_line_error):
+    train = ["train", *TINY_RUN, "--epochs", "1", *TINY_MODEL]
+    if case == "eval-missing-model":
+        argv, needle = ["eval", "--model", tmp_path / "nope"], "no model found"
+    elif case == "sample-missing-model":
+        argv, needle = ["sample", "--model", tmp_path / "nope", "--out", tmp_path / "s.png"], "no model found"
+    elif case == "corrupted-weights":
+        (run_copy / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+        argv, needle = ["eval", "--model", run_copy, "--limit", "10"], "corrupted"
+    elif case == "corrupted-checkpoint":
+        raw = (run_copy / "checkpoint.safetensors").read_bytes()
+        (run_copy / "checkpoint.safetensors").write_bytes(raw[: len(raw) // 3])
+        argv, needle = [*train, "--out", run_copy, "--resume"], "corrupted"
+    elif case == "T=0":
+        argv, needle = [*train, "--out", tmp_path / "new", "--T", "0"], "T must be"
+    elif case == "read-n too large":
+        argv, needle = [*train, "--out", tmp_path / "new", "--read-n", "29"], "read_n=29 is larger than the image"
+    elif case == "write-n too large":
+        argv, needle = [*train, "--out", tmp_path / "new", "--write-n", "40"], "write_n=40"
+    elif case == "existing run":
+        argv, needle = [*train, "--out", run_copy], "--resume"
+    elif case == "resume other model":
+        argv, needle = [*train, "--out", run_copy, "--resume", "--T", "3"], "different model"
+    elif case == "unknown likelihood":
+        argv, needle = [*train, "--out", tmp_path / "new", "--likelihood", "gaussian"], "likelihood"
+    elif case == "unknown dataset":
+        argv, needle = [*train, "--out", tmp_path / "new", "--dataset", "imagenet"], "unknown data set"
+    elif case == "not-json-config":
+        (run_copy / "config.json").write_text("{{{")
+        argv, needle = ["sample", "--model", run_copy, "--out", tmp_path / "s.png"], "not valid JSON"
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
+    code, _, err = run_cli(*argv)
+    one_line_error(code, err)
+    assert needle in err
+    assert not (tmp_path / "s.png").exists()
+    if case in ("existing run", "resume other model"):  # the refused command left the run untouched
+        assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before
+
+
+def test_argparse_errors_exit_with_status_2(capsys):
+    assert main(["train", "--preset", "no-such-preset"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and err.startswith("drawnet: error: ") and len(err.strip().splitlines()) == 1
+    assert main(["train", "--T", "two"]) == 2
+    assert main(["--help"]) == 0
+
+
+@pytest.mark.parametrize("case", [
+    "train --batch-size 0",
+    "train --dataset of the wrong shape",
+    "eval --limit 0",
+    "sample --nrow 0",
+])
+def test_more_bad_input_is_a_one_line_error(case, trained_run, tmp_path, run_cli, one_line_error):
+    out = tmp_path / "new"
+    argv = {
+        "train --batch-size 0": ["train", "--limit", "256", "--batch-size", "0", "--epochs", "1", "--no-progress",
+                                 *TINY_MODEL, "--out", out],
+        "train --dataset of the wrong shape": ["train", "--preset", "cifar10", "--dataset", "mnist", "--limit", "256",
+                                               "--batch-size", "64", "--epochs", "1", "--no-progress", *TINY_MODEL,
+                                               "--read-n", "3", "--write-n", "3", "--out", out],
+        "eval --limit 0": ["eval", "--model", trained_run, "--limit", "0"],
+        "sample --nrow 0": ["sample", "--model", trained_run, "--out", tmp_path / "s.png", "--nrow", "0"],
+    }[case]
+    code, _, err = run_cli(*argv)
+    one_line_error(code, err)
+
+
+def test_subprocess_sample_and_clean_error(trained_run, tmp_path, run_subprocess, one_line_error):
+    """The real `python -m drawnet.cli` entry point: exit codes, output files, no traceback on bad input."""
+    png = tmp_path / "s.png"
+    result = run_subprocess("sample", "--model", trained_run, "--out", png, "-n", "4", "--nrow", "2")
+    assert result.returncode == 0, result.stderr
+    assert "wrote 4 samples" in result.stdout
+    with Image.open(png) as img:
+        assert img.size == (2 * 58 + 2, 2 * 58 + 2)
+
+    result = run_subprocess("eval", "--model", tmp_path / "missing")
+    one_line_error(result.returncode, result.stderr)
+    assert "no model found" in result.stderr

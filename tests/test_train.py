@@ -1,0 +1,132 @@
+"""Training loop: exact resume after a real SIGKILL, non-finite steps, settings kept across resumes."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import drawnet.train as train_module
+from drawnet import DrawConfig, DrawnetError
+from drawnet.train import TrainConfig, load_training, train
+
+TINY = ["--T", "2", "--enc-size", "16", "--dec-size", "16", "--z-size", "4"]
+
+
+def _steps(run: Path):
+    with open(run / "steps.csv", newline="") as f:
+        return [(int(r["step"]), r["loss"], r["grad_norm"]) for r in csv.DictReader(f)]
+
+
+def _train_cmd(run: Path, *extra):
+    return [sys.executable, "-m", "drawnet.cli", "train", "--out", str(run), "--limit", "512", "--batch-size", "32",
+            "--epochs", "3", "--threads", "1", "--no-progress", *TINY, *extra]
+
+
+def test_sigkill_and_resume_repeats_the_uninterrupted_run(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    full = tmp_path / "full"
+    subprocess.run(_train_cmd(full), check=True, env=env, capture_output=True)
+    reference = _steps(full)
+    assert len(reference) == 3 * (512 // 32)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed, "--checkpoint-minutes", "0"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill somewhere in the second epoch, mid-step or mid-write
+        if (killed / "steps.csv").is_file() and len(_steps(killed)) >= 21:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert len(_steps(killed)) < len(reference)
+
+    resumed = subprocess.run(_train_cmd(killed, "--resume"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert _steps(killed) == reference
+    with open(killed / "log.csv") as f, open(full / "log.csv") as g:
+        cut = lambda rows: [r.rsplit(",", 1)[0] for r in rows]  # noqa: E731  (wall time differs)
+        assert cut(f.read().splitlines()) == cut(g.read().splitlines())
+
+
+def _tiny_train_config(tmp_path, **kw):
+    base = dict(out_dir=str(tmp_path / "run"), limit=128, batch_size=32, epochs=1, progress=False, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _nan_on(steps, monkeypatch):
+    """Make the loss non-finite on the given (1-based) training steps."""
+    forward = train_module.DRAW.forward
+    calls = {"n": 0}
+
+    def patched(self, x, return_steps=False):
+        out = forward(self, x, return_steps)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in steps:
+                return out._replace(loss=out.loss * float("nan"))
+        return out
+
+    monkeypatch.setattr(train_module.DRAW, "forward", patched)
+
+
+def test_non_finite_step_is_skipped_and_logged(tmp_path, monkeypatch):
+    _nan_on({2}, monkeypatch)
+    cfg = DrawConfig(T=2, enc_size=16, dec_size=16, z_size=4)
+    messages = []
+    train(cfg, _tiny_train_config(tmp_path), log=messages.append)
+    assert any("step 2: non-finite" in m for m in messages)
+    _, _, state = load_training(tmp_path / "run")
+    assert state.skipped == 1 and state.epoch == 1
+    model, _, _ = load_training(tmp_path / "run")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert len(state.history) == 1 and state.history[0]["train_loss"] == state.history[0]["train_loss"]  # not NaN
+
+
+def test_training_stops_after_repeated_non_finite_steps_keeping_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = DrawConfig(T=2, enc_size=16, dec_size=16, z_size=4)
+    train(cfg, _tiny_train_config(tmp_path, max_steps=2), log=lambda m: None)
+    good = {k: v.clone() for k, v in load_training(tmp_path / "run")[0].state_dict().items()}
+    _nan_on(set(range(1, 100)), monkeypatch)
+    with pytest.raises(DrawnetError, match="5 non-finite steps in a row"):
+        train(None, _tiny_train_config(tmp_path, max_steps=None, epochs=3), resume=True, log=lambda m: None)
+    model, _, state = load_training(tmp_path / "run")
+    # skipped steps never touch the weights, so every checkpoint written since holds the good ones
+    assert state.skipped >= 2 and state.step < 2 + 5
+    assert all(torch.equal(v, good[k]) for k, v in model.state_dict().items())
+
+
+def test_resume_keeps_saved_settings_and_refuses_batch_change_mid_epoch(tmp_path):
+    from drawnet.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--limit", "256", "--batch-size", "32", "--lr", "0.002", "--epochs", "1",
+            "--max-steps", "3", "--no-progress", *TINY]
+    assert main(args) == 0
+    _, _, state = load_training(run)
+    assert (state.step, state.epoch_step) == (3, 3)
+    assert main(["train", "--out", str(run), "--resume", "--batch-size", "64", "--no-progress"]) == 2
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "5", "--no-progress"]) == 0
+    saved = train_module.saved_train_config(run)
+    assert saved["lr"] == 0.002 and saved["batch_size"] == 32 and saved["limit"] == 256
+    assert [s for s, _, _ in _steps(run)] == [1, 2, 3, 4, 5]
+
+
+def test_unwritable_output_directory_is_a_clear_error(tmp_path):
+    if os.geteuid() == 0:
+        target = Path("/proc/drawnet-run")  # not writable even for root
+    else:
+        target = tmp_path / "ro"
+        target.mkdir()
+        target.chmod(0o500)
+        target = target / "run"
+    with pytest.raises(DrawnetError, match="not writable|cannot write"):
+        train(DrawConfig(T=1, enc_size=8, dec_size=8, z_size=2), _tiny_train_config(tmp_path, out_dir=str(target)))
