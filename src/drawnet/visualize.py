@@ -17,7 +17,7 @@ Conventions for the attention pictures (SPEC.md; the paper's figures 3 and 7):
   c_0 = 0, i.e. sigmoid(0) = 0.5 grey, without rectangles); frame t = 1..T is the canvas after glimpse t
   (the mean image of c_t) with the write window of glimpse t (the one that produced c_t from c_{t-1}) and,
   for reconstructions, the read window of glimpse t (which read x and x - sigmoid(c_{t-1})). Every frame
-  carries a caption strip "t/T" below the grid; the last frame is held longer.
+  carries a caption strip ("blank canvas 0/T", "glimpse t/T") below the grid; the last frame is held longer.
 """
 import math
 from pathlib import Path
@@ -180,10 +180,10 @@ def render_frames(canvases: torch.Tensor, windows, blank: torch.Tensor, scale: i
     """
     T, n = canvases.shape[:2]
     nrow = nrow or math.ceil(math.sqrt(n))
-    frames = [_caption(_tile(_rgb_tiles(blank.expand(n, *blank.shape), scale), nrow), f"0/{T}  blank canvas")]
+    frames = [_caption(_tile(_rgb_tiles(blank.expand(n, *blank.shape), scale), nrow), f"blank canvas 0/{T}")]
     for t in range(T):
         tiles = _draw_step(_rgb_tiles(canvases[t], scale), t, windows, scale)
-        frames.append(_caption(_tile(tiles, nrow), f"{t + 1}/{T}"))
+        frames.append(_caption(_tile(tiles, nrow), f"glimpse {t + 1}/{T}"))
     return frames
 
 
