@@ -211,3 +211,25 @@ def test_subprocess_sample_and_clean_error(trained_run, tmp_path, run_subprocess
     result = run_subprocess("eval", "--model", tmp_path / "missing")
     one_line_error(result.returncode, result.stderr)
     assert "no model found" in result.stderr
+
+
+def test_demo_writes_samples_progression_and_gif(trained_run, tmp_path, run_cli):
+    out = tmp_path / "demo"
+    code, stdout, _ = run_cli("demo", "--model", trained_run, "--out-dir", out)
+    assert code == 0
+    for name in ("samples.png", "progression.png", "samples.gif"):
+        assert str(out / name) in stdout
+    with Image.open(out / "samples.png") as img:
+        assert img.size == (8 * 58 + 2, 8 * 58 + 2)  # 8x8 grid of 28x28 images at scale 2, 2-pixel borders
+    with Image.open(out / "samples.gif") as gif:
+        assert gif.n_frames == 2 + 1  # T = 2 glimpses and the blank canvas
+
+
+def test_curves_plots_runs_and_rejects_a_missing_log(trained_run, tmp_path, run_cli, one_line_error):
+    png = tmp_path / "curves.png"
+    code, stdout, _ = run_cli("curves", trained_run, "--out", png)
+    assert code == 0 and str(png) in stdout
+    with Image.open(png) as img:
+        assert img.size == (1000, 400)
+    code, _, err = run_cli("curves", tmp_path / "nowhere", "--out", png)
+    one_line_error(code, err)

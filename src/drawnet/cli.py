@@ -122,6 +122,21 @@ def cmd_animate(args):
         print(f"wrote {png} (rows: the first {min(args.n, len(x))} test images; columns: glimpses, then the image)")
 
 
+def cmd_demo(args):
+    """The main job: draw with a shipped (or given) model and write the pictures, no data or training needed."""
+    from .visualize import animate_samples, glimpse_columns, save_grid
+
+    model = _load_model(args.model)
+    out = Path(args.out_dir)
+    gen = model.generate(64, generator=torch.Generator().manual_seed(args.seed))
+    print(f"wrote {save_grid(gen.images, out / 'samples.png', nrow=8)} (64 samples)")
+    gif, png = animate_samples(model, 16, out / "samples.gif", out / "progression.png", seed=args.seed)
+    steps = glimpse_columns(model.config.T)
+    print(f"wrote {png} (rows: 16 samples; columns: the canvas after glimpses {', '.join(map(str, steps[:3]))}, ..., "
+          f"{steps[-1]})")
+    print(f"wrote {gif} (one frame per glimpse, write window in red)")
+
+
 def cmd_filterbank(args):
     """The paper's figure 3 on one test image."""
     from .data import load_dataset
@@ -131,6 +146,22 @@ def cmd_filterbank(args):
     if not 0 <= args.index < len(test):
         raise DrawnetError(f"--index must be in 0..{len(test) - 1}, got {args.index}")
     print(f"wrote {filterbank_figure(test[args.index], args.out, N=args.N)}")
+
+
+def cmd_curves(args):
+    """Validation bound against epochs and wall time for one or more runs."""
+    import json
+
+    from .visualize import plot_training_curves
+
+    runs = {}
+    for run in args.runs:
+        log = Path(run) / "log.json"
+        try:
+            runs[Path(run).name] = json.loads(log.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DrawnetError(f"cannot read {log}: {e}") from None
+    print(f"wrote {plot_training_curves(runs, args.out)}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -145,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="drawnet", description="DRAW: a recurrent attentive writer (Gregor et al. 2015)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="samples, progression PNG and GIF from the shipped mnist model")
+    p.add_argument("--model", default="mnist", help=MODEL_HELP)
+    p.add_argument("--out-dir", default="drawnet-demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model from a preset (resumable)")
     p.add_argument("--preset", default="mnist", choices=list(PRESETS))
@@ -206,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="which test image (default 0, the first)")
     p.add_argument("-N", type=_positive_int, default=12, help="patch size N (default 12)")
     p.set_defaults(func=cmd_filterbank)
+    p = sub.add_parser("curves", help="plot the validation bound of runs against epochs and wall time")
+    p.add_argument("runs", nargs="+", help="run directories (each with a log.json)")
+    p.add_argument("--out", default="curves.png")
+    p.set_defaults(func=cmd_curves)
     return parser
 
 

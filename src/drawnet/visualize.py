@@ -380,3 +380,34 @@ def filterbank_figure(image: torch.Tensor, path, settings=None, N: int = 12, gri
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.save(path)
     return path
+
+
+def plot_training_curves(runs: dict, path) -> Path:
+    """Validation bound against epochs and against wall time, one line per run.
+
+    runs maps a label to the run's epoch history (the list in its log.json)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for label, history in runs.items():
+        if not history:
+            raise DrawnetError(f"run {label!r} has no finished epoch to plot")
+        epochs = [r["epoch"] for r in history]
+        bound = [r["valid_bound"] for r in history]
+        hours = [r["wall_time_s"] / 3600 for r in history]
+        by_epoch.plot(epochs, bound, marker="o", ms=3, label=f"{label} ({bound[-1]:.2f})")
+        by_time.plot(hours, bound, marker="o", ms=3, label=label)
+    by_epoch.set(xlabel="epoch", ylabel="validation bound (nats, lower is better)")
+    by_time.set(xlabel="wall time (hours, this machine's CPU)")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    by_epoch.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
