@@ -1,16 +1,20 @@
 """The command line, end to end on tiny settings: train (and resume), eval, sample, and clean errors."""
 import csv
+import gzip
 import json
 import math
+import os
 import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from drawnet import DRAW
-from drawnet.checkpoint import load_checkpoint
+from drawnet.checkpoint import load_checkpoint, save_checkpoint
 from drawnet.cli import main
 
 TINY_MODEL = ["--T", "2", "--enc-size", "32", "--dec-size", "32", "--z-size", "8"]
@@ -129,7 +133,8 @@ def test_sample_writes_a_png_grid(trained_run, tmp_path, run_cli):
 @pytest.mark.parametrize("case", [
     "eval-missing-model", "sample-missing-model", "corrupted-weights", "corrupted-checkpoint", "T=0",
     "read-n too large", "write-n too large", "existing run", "resume other model", "unknown likelihood",
-    "unknown dataset", "not-json-config",
+    "unknown dataset", "not-json-config", "garbage-checkpoint", "wrong-architecture-checkpoint",
+    "config-unknown-field", "config-invalid-field",
 ])
 def test_bad_input_is_a_one_line_error(case, run_copy, tmp_path, run_cli, one_line_error):
     train = ["train", *TINY_RUN, "--epochs", "1", *TINY_MODEL]
@@ -161,6 +166,21 @@ def test_bad_input_is_a_one_line_error(case, run_copy, tmp_path, run_cli, one_li
     elif case == "not-json-config":
         (run_copy / "config.json").write_text("{{{")
         argv, needle = ["sample", "--model", run_copy, "--out", tmp_path / "s.png"], "not valid JSON"
+    elif case == "garbage-checkpoint":
+        (run_copy / "checkpoint.safetensors").write_bytes(bytes(range(256)) * 8)
+        argv, needle = ["train", "--out", run_copy, "--resume", "--no-progress"], "corrupted"
+    elif case == "wrong-architecture-checkpoint":  # its header describes another model than its tensors
+        tensors, meta = load_checkpoint(run_copy / "checkpoint.safetensors")
+        meta["model_config"]["z_size"] = 9
+        save_checkpoint(run_copy / "checkpoint.safetensors", tensors, meta)
+        argv = ["train", "--out", run_copy, "--resume", "--no-progress"]
+        needle = "does not match this model's architecture"
+    elif case in ("config-unknown-field", "config-invalid-field"):
+        config = json.loads((run_copy / "config.json").read_text())
+        config.update({"hidden_layers": 2} if case == "config-unknown-field" else {"T": "many"})
+        (run_copy / "config.json").write_text(json.dumps(config))
+        needle = "unknown field(s) hidden_layers" if case == "config-unknown-field" else "T must be an integer"
+        argv = ["sample", "--model", run_copy, "--out", tmp_path / "s.png"]
     before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
     code, _, err = run_cli(*argv)
     one_line_error(code, err)
@@ -197,6 +217,31 @@ def test_more_bad_input_is_a_one_line_error(case, trained_run, tmp_path, run_cli
     }[case]
     code, _, err = run_cli(*argv)
     one_line_error(code, err)
+
+
+@pytest.mark.parametrize("case", ["images out of range", "wrong checksum", "unwritable output directory"])
+def test_bad_data_or_output_directory_is_a_one_line_error(case, tmp_path, run_cli, one_line_error):
+    data, out = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    if case == "images out of range":  # a cache holding 8-bit levels where [0, 1] is expected
+        levels = np.random.default_rng(0).integers(0, 256, (64, 784)).astype(np.float32)
+        np.savez(data / "mnist.npz", **{f"{split}_{part}": levels if part == "x" else np.zeros(64, np.int64)
+                                        for split in ("train", "valid", "test") for part in ("x", "y")})
+        needle = "values in [0, 1]"
+    elif case == "wrong checksum":
+        (data / "mnist.pkl.gz").write_bytes(gzip.compress(b"not the MNIST pickle"))
+        needle = "wrong checksum"
+    else:
+        if os.geteuid() == 0:
+            out = Path("/proc/drawnet-run")  # not writable even for root
+        else:
+            (tmp_path / "read-only").mkdir(mode=0o500)
+            out = tmp_path / "read-only" / "run"
+        needle = "not writable"
+    code, _, err = run_cli("train", *TINY_RUN, "--epochs", "1", *TINY_MODEL, "--data-dir", data, "--out", out)
+    one_line_error(code, err)
+    assert needle in err
+    assert not (out / "checkpoint.safetensors").exists()
 
 
 def test_subprocess_sample_and_clean_error(trained_run, tmp_path, run_subprocess, one_line_error):

@@ -8,7 +8,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from drawnet import DRAW, PRESETS, DrawConfig, DrawnetError
-from drawnet.attention import filterbank, read_attention, write_attention
+from drawnet.attention import Window, filterbank, read_attention, window_from_params, write_attention
 from drawnet.data import binarize
 from drawnet.model import CONFIG_NAME, WEIGHTS_NAME, bits_per_dim
 
@@ -156,6 +156,26 @@ def test_first_read_window_comes_from_the_bias_alone(tiny_config):
         assert not torch.allclose(field[1], field[1, :1].expand(5))
 
 
+@pytest.mark.parametrize("A, read_n, write_n", [(28, 2, 5), (12, 3, 1)])
+def test_initial_windows_cut_the_image_into_a_grid(tiny_config, A, read_n, write_n):
+    """Untrained, each window is centred and its N filters sit on the centres of N equal cells spanning the
+    image, (i - 0.5) A/N + 0.5 in 1-based pixels, with sigma half a cell; the first read uses that window."""
+    cfg = tiny_config("mnist", T=2, height=A, width=A, read_n=read_n, write_n=write_n)
+    model = DRAW(cfg)
+    out = model(images_for(cfg, 3), return_steps=True)
+    first_read = Window(*(field[0] for field in out.read_windows))
+    bias = model.dec_out.bias.detach()
+    write_window = window_from_params(bias[model.write_size : model.write_size + 5][None], write_n, A, A)
+    for window, N in ((first_read, read_n), (write_window, write_n)):
+        cell = A / N
+        mu = window.gx[:, None] + (torch.arange(1, N + 1) - N / 2 - 0.5) * window.delta[:, None]
+        expected = ((torch.arange(1, N + 1) - 0.5) * cell + 0.5).expand_as(mu)
+        assert torch.allclose(mu, expected, atol=1e-5)
+        assert torch.allclose(window.gy, window.gx)
+        assert torch.allclose(window.sigma2, torch.full_like(window.sigma2, (cell / 2) ** 2))
+        assert torch.allclose(window.gamma, torch.ones_like(window.gamma))
+
+
 @pytest.mark.parametrize("height, width", [(14, 11), (9, 16)])
 def test_windows_from_zero_decoder_output_are_centred(tiny_config, height, width):
     """With dec_out zeroed every window parameter is 0: the read and write windows must be the centred
@@ -248,6 +268,21 @@ def test_batch_elements_are_independent(tiny_config):
     other = model(x2)
     assert torch.allclose(other.L_x[0], whole.L_x[0]) and torch.allclose(other.L_z[0], whole.L_z[0])
     assert not torch.allclose(other.L_x[1:], whole.L_x[1:])
+
+
+def test_given_noise_is_the_noise_forward_draws(tiny_config):
+    """forward(x, noise=eps) with the T draws forward would make itself gives the same result on both paths,
+    and a shard of the batch with its share of the noise gives those images' terms (data-parallel training)."""
+    model = DRAW(tiny_config("mnist", T=3)).double()
+    x = images_for(model.config, 6).double()
+    torch.manual_seed(7)
+    drawn = model(x)
+    torch.manual_seed(7)
+    noise = torch.stack([torch.randn(6, model.config.z_size, dtype=torch.float64) for _ in range(3)])
+    for given in (model(x, noise=noise), model._forward_by_layer(x, False, noise)):
+        assert torch.allclose(given.L_x, drawn.L_x) and torch.allclose(given.log_w, drawn.log_w)
+    shard = model(x[2:4], noise=noise[:, 2:4])
+    assert torch.allclose(shard.L_x, drawn.L_x[2:4]) and torch.allclose(shard.L_z, drawn.L_z[2:4])
 
 
 # --- the loss terms ---------------------------------------------------------------------------------

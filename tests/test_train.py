@@ -67,8 +67,8 @@ def _nan_on(steps, monkeypatch):
     forward = train_module.DRAW.forward
     calls = {"n": 0}
 
-    def patched(self, x, return_steps=False):
-        out = forward(self, x, return_steps)
+    def patched(self, x, return_steps=False, noise=None):
+        out = forward(self, x, return_steps, noise)
         if self.training:
             calls["n"] += 1
             if calls["n"] in steps:

@@ -172,8 +172,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
     from .model import PRESETS
 
+    data_sets = ", ".join(DATASETS)
+    data_dir_help = ("where the data set's files are or are cached (cifar10: the cifar-10-batches-py folder or "
+                     "its parent; svhn: the folder with train_32x32.mat and test_32x32.mat)")
     parser = _Parser(prog="drawnet", description="DRAW: a recurrent attentive writer (Gregor et al. 2015)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -187,9 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="mnist", choices=list(PRESETS))
     p.add_argument("--out", help="run directory (default runs/PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--dataset", help="data set (default: the preset's)")
-    p.add_argument("--data-dir", help="where the data set's files are or are cached")
-    p.add_argument("--batch-size", type=int, help="default 128")
+    p.add_argument("--dataset", help=f"data set: {data_sets} (default: the preset's)")
+    p.add_argument("--data-dir", help=data_dir_help)
+    p.add_argument("--batch-size", type=int,
+                   help="images per step (default 128); under torchrun the global batch, split over the processes")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--lr-decay", type=float, help="learning-rate factor per epoch (default 0.98)")
     p.add_argument("--min-lr", type=float, help="learning-rate floor (default 1e-4)")
@@ -207,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="test-set NLL bound in nats")
     p.add_argument("--model", default="mnist", help=MODEL_HELP)
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--data-dir")
+    p.add_argument("--dataset", default="mnist", help=f"data set: {data_sets} (default mnist)")
+    p.add_argument("--data-dir", help=data_dir_help)
     p.add_argument("--limit", type=int, help="score only the first LIMIT test images")
     p.add_argument("--iw", type=int, metavar="K", help="also the importance-weighted bound with K samples")
     p.add_argument("--batch-size", type=int, default=500, help="trajectories per forward pass")

@@ -14,7 +14,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from .attention import Window, filterbank, read_attention, window_from_params, write_attention
+from .attention import (Window, filterbank, fused_read, fused_write, grid_window_params, read_attention,
+                        window_from_params, write_attention)
 from .errors import DrawnetError
 from .likelihoods import LIKELIHOODS, make_likelihood
 
@@ -107,11 +108,99 @@ class Generation(NamedTuple):
     write_windows: Optional[Window]  # fields [T, n]; None without write attention
 
 
-def lstm_step(linear: nn.Linear, inputs: torch.Tensor, c: torch.Tensor):
-    """One LSTM step with every input and the previous hidden state in one matmul (inputs end with h)."""
-    i, f, g, o = linear(inputs).chunk(4, dim=1)
+def lstm_cell(gates: torch.Tensor, c: torch.Tensor):
+    """The LSTM update from the gates' pre-activations, in nn.LSTMCell's order (i, f, g, o): returns (h, c)."""
+    i, f, g, o = gates.chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def lstm_step(linear: nn.Linear, inputs: torch.Tensor, c: torch.Tensor):
+    """One LSTM step with every input and the previous hidden state in one matmul (inputs end with h)."""
+    return lstm_cell(linear(inputs), c)
+
+
+class _WeightGrad:
+    """The gradient of one weight shared by every step, summed in place as the steps' backward passes run:
+    grad += x_t^T g_t is one GEMM with beta = 1, where autograd would compute x_t^T g_t into a new tensor
+    and then add it to a running sum, a second pass over the whole weight per step."""
+
+    def __init__(self, width: int):
+        self.width, self.sum = width, None
+
+    def add(self, x: torch.Tensor, g: torch.Tensor, weight_node) -> None:
+        # A backward pass that does not reach the weight (autograd.grad with respect to the images only)
+        # must not leave its terms behind for a later pass through the same graph.
+        if weight_node is not None and not _will_run(weight_node):
+            return
+        if self.sum is None:
+            self.sum = x.new_zeros(x.shape[1], self.width)
+        self.sum[:, : g.shape[1]].addmm_(x.t(), g)  # the last step's product has only the leading columns
+
+    def take(self) -> Optional[torch.Tensor]:
+        total, self.sum = self.sum, None
+        return total
+
+
+def _will_run(node) -> bool:
+    will_run = getattr(torch._C, "_will_engine_execute_node", None)
+    return will_run is None or will_run(node)
+
+
+class _SharedWeight(torch.autograd.Function):
+    """A weight used by every step, passed through unchanged. The steps' products (_StepProduct) add their
+    weight gradients to `grad` and report none; this node's backward hands over the sum. The autograd engine
+    runs it only after every step that uses its output, so the sum is complete by then."""
+
+    @staticmethod
+    def forward(ctx, weight_t, grad):
+        ctx.grad = grad
+        ctx.set_materialize_grads(False)  # nothing arrives here: the steps add to ctx.grad instead
+        return weight_t.view_as(weight_t)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, _):
+        return ctx.grad.take(), None
+
+
+class _StepProduct(torch.autograd.Function):
+    """bias + x @ weight_t for one step, with the weight's gradient going to a _WeightGrad."""
+
+    @staticmethod
+    def forward(ctx, bias, x, weight_t, grad):
+        ctx.save_for_backward(x, weight_t)
+        ctx.grad, ctx.weight_node, ctx.bias_shape = grad, weight_t.grad_fn, bias.shape
+        return torch.addmm(bias, x, weight_t)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, weight_t = ctx.saved_tensors
+        ctx.grad.add(x, g, ctx.weight_node)
+        d_bias = g if len(ctx.bias_shape) == 2 else g.sum(0)
+        return d_bias, g @ weight_t.t(), None, None
+
+
+class _Projection:
+    """The linear map input -> bias + input @ weight_t (weight_t is [in, out]) that every step applies to
+    its new state. When gradients are on, its weight gradient is summed in place over the steps."""
+
+    def __init__(self, weight_t: torch.Tensor, bias: Optional[torch.Tensor] = None):
+        self.bias = bias
+        self.grad = _WeightGrad(weight_t.shape[1]) if torch.is_grad_enabled() and weight_t.requires_grad else None
+        self.weight_t = weight_t if self.grad is None else _SharedWeight.apply(weight_t, self.grad)
+
+    def __call__(self, inputs: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                 n_out: Optional[int] = None) -> torch.Tensor:
+        """The projection of `inputs` (plus `bias` if given, else the stored one); only the first n_out
+        outputs if n_out is given (all that the last step needs)."""
+        bias, weight_t = self.bias if bias is None else bias, self.weight_t
+        if n_out is not None:
+            bias, weight_t = bias[..., :n_out], weight_t[:, :n_out]
+        if self.grad is None:
+            return torch.addmm(bias, inputs, weight_t)
+        return _StepProduct.apply(bias, inputs, weight_t, self.grad)
 
 
 class DRAW(nn.Module):
@@ -130,6 +219,23 @@ class DRAW(nn.Module):
         self.n_read_params = 5 if cfg.read_attention else 0
         self.dec_out = nn.Linear(cfg.dec_size, self.write_size + self.n_write_params + self.n_read_params)
         self.likelihood = make_likelihood(cfg.likelihood, C)
+        self._init_windows()
+
+    def _init_windows(self):
+        """Start every attention window as the image cut into an N x N grid of cells (grid_window_params), set
+        through dec_out's bias, which alone gives the first read window (h_dec_0 = 0).
+
+        With zero biases a 2x2 read would start with its filters on the border pixels (delta = A - 1,
+        sigma = 1), which are blank in MNIST: the encoder then sees nothing, the KL term pulls the posterior
+        onto the prior within a few dozen updates and training stalls at the mean image (about 206 nats after
+        a whole epoch, measured). From the grid the reads see the whole image and training takes off."""
+        cfg = self.config
+        start = self.write_size
+        for used, N in ((cfg.write_attention, cfg.write_n), (cfg.read_attention, cfg.read_n)):
+            if used:
+                with torch.no_grad():
+                    self.dec_out.bias[start : start + 5] = grid_window_params(N, cfg.width, cfg.height)
+                start += 5
 
     # --- read and write (section 3) ---
     def read(self, x, x_hat, read_params):
@@ -174,19 +280,40 @@ class DRAW(nn.Module):
             raise DrawnetError("images must be floating point with values in [0, 1]")
 
     # --- the recurrence (eq. 3-8) and the loss (eq. 9-12) ---
-    def forward(self, x: torch.Tensor, return_steps: bool = False) -> DrawOutput:
+    def forward(self, x: torch.Tensor, return_steps: bool = False, noise: Optional[torch.Tensor] = None) -> DrawOutput:
+        """Run the T glimpses on images x and return the loss terms (and, if asked, every step).
+
+        noise, [T, batch, z_size], is the posterior noise eps of every step; without it, each step draws its
+        own with torch.randn_like. Data-parallel training passes each process its share of the noise a single
+        process would draw for the whole batch."""
         self.check_images(x)
+        if self._layers_are_observed():
+            return self._forward_by_layer(x, return_steps, noise)
+        return self._forward_fused(x, return_steps, noise)
+
+    def _layers_are_observed(self) -> bool:
+        """True when forward hooks watch the layers: then run them layer by layer so the hooks see every call
+        with the inputs they expect (the fused path never calls encoder, q, decoder or dec_out itself)."""
+        from torch.nn.modules import module as nn_module
+
+        if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+            return True
+        return any(m._forward_hooks or m._forward_pre_hooks for m in (self.encoder, self.q, self.decoder, self.dec_out))
+
+    def _forward_by_layer(self, x: torch.Tensor, return_steps: bool,
+                          noise: Optional[torch.Tensor] = None) -> DrawOutput:
+        """The recurrence as written in the paper, one layer call at a time (the fused path's yardstick)."""
         cfg = self.config
         h_enc, c_enc, h_dec, c_dec, canvas, out = self._initial_state(x.shape[0], x)
         L_z = x.new_zeros(x.shape[0])
         log_q_over_p = x.new_zeros(x.shape[0])
         canvases, reads, writes = [], [], []
-        for _ in range(cfg.T):
+        for t in range(cfg.T):
             x_hat = x - torch.sigmoid(canvas)  # eq. 3
             r, read_window = self.read(x, x_hat, self._read_params(out))  # eq. 4
             h_enc, c_enc = lstm_step(self.encoder, torch.cat([r, h_dec, h_enc], dim=1), c_enc)  # eq. 5
             mu, log_sigma = self.q(h_enc).chunk(2, dim=1)  # eq. 1-2
-            eps = torch.randn_like(mu)
+            eps = torch.randn_like(mu) if noise is None else noise[t]
             z = mu + torch.exp(log_sigma) * eps  # eq. 6, reparameterised
             h_dec, c_dec = lstm_step(self.decoder, torch.cat([z, h_dec], dim=1), c_dec)  # eq. 7
             out = self.dec_out(h_dec)
@@ -209,6 +336,11 @@ class DRAW(nn.Module):
     @torch.no_grad()
     def generate(self, n: int, generator: Optional[torch.Generator] = None) -> Generation:
         """Run the decoder alone with z_t ~ N(0, I) (section 2.3)."""
+        if self._layers_are_observed():
+            return self._generate_by_layer(n, generator)
+        return self._generate_fused(n, generator)
+
+    def _generate_by_layer(self, n: int, generator: Optional[torch.Generator]) -> Generation:
         cfg = self.config
         ref = next(self.parameters())
         _, _, h_dec, c_dec, canvas, _ = self._initial_state(n, ref)
@@ -220,6 +352,134 @@ class DRAW(nn.Module):
             canvas = canvas + delta_canvas
             canvases.append(self.likelihood.mean(canvas))
             writes.append(write_window)
+        return Generation(canvases[-1], torch.stack(canvases), _stack(writes))
+
+    # --- the fused path: the same recurrence and loss, organised for speed ---
+    #
+    # Written as in the paper, every step concatenates [r_t, h_dec_{t-1}, h_enc_{t-1}] for the encoder and
+    # [z_t, h_dec_{t-1}] for the decoder, and applies q and dec_out separately. Instead, each new state goes
+    # through ONE matrix product holding every layer's columns for that input, as soon as the state exists:
+    #     h_enc_t -> [mu_t, log sigma_t | encoder gates of step t+1]                      (q, encoder)
+    #     h_dec_t -> [dec_out(h_dec_t) | decoder gates of t+1 | encoder gates of t+1]     (dec_out, decoder, encoder)
+    #     r_t -> encoder gates of step t,   z_t -> decoder gates of step t
+    # Fewer, wider products run closer to the CPU's peak and no state is copied into a concatenation. The
+    # weights are slices and concatenations of the parameters taken inside forward, so gradients reach the
+    # same parameters and state_dict() is unchanged. Without read attention r_t = [x, x_hat_t]: x is the same
+    # at every step, so its share of the encoder gates is computed once. The KL terms are summed over all
+    # steps at once after the loop. The read and write are fused_read / fused_write (attention.py).
+
+    def _decoder_projection(self, with_encoder: bool) -> _Projection:
+        """h_dec_t -> [dec_out(h_dec_t) | decoder gates of t+1 (| encoder gates of t+1)]."""
+        D, E = self.config.dec_size, self.config.enc_size
+        weights = [self.dec_out.weight, self.decoder.weight[:, -D:]]
+        biases = [self.dec_out.bias, self.decoder.bias]
+        if with_encoder:  # the encoder's bias comes in through the h_enc projection (see _forward_fused)
+            weights.append(self.encoder.weight[:, -D - E : -E])
+            biases.append(self.encoder.bias.new_zeros(4 * E))
+        return _Projection(torch.cat(weights).t(), torch.cat(biases))
+
+    def _forward_fused(self, x: torch.Tensor, return_steps: bool, noise: Optional[torch.Tensor] = None) -> DrawOutput:
+        """forward() with the fused projections, read and write; the same maths as _forward_by_layer."""
+        cfg = self.config
+        n, E, D, Z = x.shape[0], cfg.enc_size, cfg.dec_size, cfg.z_size
+        n_out = self.dec_out.out_features
+        W_enc_r, W_enc_h_enc = self.encoder.weight[:, : -D - E], self.encoder.weight[:, -E:]
+        if cfg.read_attention:
+            from_r = _Projection(W_enc_r.t())
+            enc_const = self.encoder.bias.expand(n, -1)
+        else:  # r_t = [x, x_hat_t]: x's share of the gates, x W_x^T + b, is the same at every step
+            W_x, W_x_hat = W_enc_r.chunk(2, dim=1)
+            from_r = _Projection(W_x_hat.t())
+            enc_const = torch.addmm(self.encoder.bias, x.flatten(1), W_x.t())
+        # h_enc_t -> [mu, log sigma | encoder gates of t+1]; the bias of the encoder part carries enc_const.
+        from_h_enc = _Projection(torch.cat([self.q.weight, W_enc_h_enc]).t(),
+                                 torch.cat([self.q.bias.expand(n, -1), enc_const], 1))
+        from_h_dec = self._decoder_projection(with_encoder=True)
+        from_z = _Projection(self.decoder.weight[:, :Z].t())
+
+        c_enc, c_dec = x.new_zeros(n, E), x.new_zeros(n, D)
+        canvas = torch.zeros_like(x)
+        # h_enc_0 = h_dec_0 = 0: the step-0 gates are the biases alone, and so are the first read window's
+        # parameters (the last n_read_params outputs of dec_out)
+        enc_gates_from_states, dec_gates_from_states = enc_const, self.decoder.bias.expand(n, -1)
+        read_params = self.dec_out.bias[n_out - self.n_read_params :].expand(n, -1)
+        q_outs, zs, epss, canvases, reads, writes = [], [], [], [], [], []
+        for t in range(cfg.T):
+            last = t == cfg.T - 1  # the last step needs only mu, log sigma and dec_out
+            x_hat = x - torch.sigmoid(canvas)  # eq. 3
+            if cfg.read_attention:
+                r = fused_read(x, x_hat, read_params, cfg.read_n)  # eq. 27
+            else:
+                r = x_hat.flatten(1)  # eq. 17, less the x half already in enc_const
+            h_enc, c_enc = lstm_cell(from_r(r, bias=enc_gates_from_states), c_enc)  # eq. 5
+            if last:
+                q_out = from_h_enc(h_enc, n_out=2 * Z)
+            else:
+                q_out, enc_from_h_enc = from_h_enc(h_enc).split([2 * Z, 4 * E], dim=1)
+            mu, log_sigma = q_out.chunk(2, dim=1)  # eq. 1-2
+            eps = torch.randn_like(mu) if noise is None else noise[t]
+            z = torch.addcmul(mu, torch.exp(log_sigma), eps)  # eq. 6, reparameterised
+            h_dec, c_dec = lstm_cell(from_z(z, bias=dec_gates_from_states), c_dec)  # eq. 7
+            if last:
+                out = from_h_dec(h_dec, n_out=n_out)
+            else:
+                out, dec_gates_from_states, enc_from_h_dec = from_h_dec(h_dec).split([n_out, 4 * D, 4 * E], dim=1)
+                enc_gates_from_states = enc_from_h_enc + enc_from_h_dec
+            if return_steps:
+                reads.append(self._window(read_params, cfg.read_n) if cfg.read_attention else None)
+            # dec_out(h_dec_t) = [w_t, write window of step t, read window of step t+1]
+            w, write_params, read_params = out.split([self.write_size, self.n_write_params, self.n_read_params], 1)
+            if cfg.write_attention:
+                canvas = canvas + fused_write(w, write_params, cfg.write_n, cfg.height, cfg.width)  # eq. 8, 29
+            else:
+                canvas = canvas + w.view(x.shape)  # eq. 8, 18
+            q_outs.append(q_out)
+            zs.append(z)
+            epss.append(eps)
+            if return_steps:
+                canvases.append(self.likelihood.mean(canvas))
+                writes.append(self._window(write_params, cfg.write_n) if cfg.write_attention else None)
+        mu, log_sigma = torch.stack(q_outs).chunk(2, dim=2)  # [T, batch, z]
+        z, eps = torch.stack(zs), torch.stack(epss)
+        # KL(N(mu, sigma^2) || N(0, 1)) summed over steps and latent dimensions (eq. 11)
+        L_z = 0.5 * (mu**2 + torch.exp(2 * log_sigma) - 2 * log_sigma - 1).sum((0, 2))
+        # log q(z|.) - log p(z) at the sampled z, for the importance-weighted bound
+        log_q_over_p = (0.5 * (z**2 - eps**2) - log_sigma).sum((0, 2))
+        L_x = self.likelihood.nll(canvas, x)  # eq. 9
+        loss = (L_x + L_z).mean()
+        if not return_steps:
+            return DrawOutput(loss, L_x, L_z, -L_x - log_q_over_p)
+        return DrawOutput(loss, L_x, L_z, -L_x - log_q_over_p, torch.stack(canvases), _stack(reads), _stack(writes))
+
+    def _window(self, params, N):
+        return window_from_params(params, N, self.config.width, self.config.height)
+
+    def _generate_fused(self, n: int, generator: Optional[torch.Generator]) -> Generation:
+        """generate() with the decoder's projections fused as in _forward_fused."""
+        cfg = self.config
+        D, Z, n_out = cfg.dec_size, cfg.z_size, self.dec_out.out_features
+        ref = self.decoder.weight
+        from_h_dec = self._decoder_projection(with_encoder=False)
+        from_z = _Projection(self.decoder.weight[:, :Z].t())
+        c_dec = ref.new_zeros(n, D)
+        canvas = ref.new_zeros(n, cfg.channels, cfg.height, cfg.width)
+        dec_gates_from_states = self.decoder.bias.expand(n, -1)
+        canvases, writes = [], []
+        for t in range(cfg.T):
+            z = torch.randn(n, Z, generator=generator, device=ref.device, dtype=ref.dtype)
+            h_dec, c_dec = lstm_cell(from_z(z, bias=dec_gates_from_states), c_dec)
+            if t == cfg.T - 1:
+                out = from_h_dec(h_dec, n_out=n_out)
+            else:
+                out, dec_gates_from_states = from_h_dec(h_dec).split([n_out, 4 * D], dim=1)
+            w, write_params, _ = out.split([self.write_size, self.n_write_params, self.n_read_params], dim=1)
+            if cfg.write_attention:
+                canvas = canvas + fused_write(w, write_params, cfg.write_n, cfg.height, cfg.width)
+                writes.append(self._window(write_params, cfg.write_n))
+            else:
+                canvas = canvas + w.view(canvas.shape)
+                writes.append(None)
+            canvases.append(self.likelihood.mean(canvas))
         return Generation(canvases[-1], torch.stack(canvases), _stack(writes))
 
     # --- save_pretrained / from_pretrained: config.json + model.safetensors, never a pickle ---

@@ -3,13 +3,13 @@ binarisation, a validation bound every epoch, and resumable checkpoints every fe
 
 Every random draw of step s (batch order, binarisation, the posterior noise eps) comes from generators
 seeded by (seed, epoch) and (seed, step), so a run resumed from a checkpoint continues exactly as the
-uninterrupted run would have.
+uninterrupted run would have. Under torchrun (distributed.py) every process draws them for the whole global
+batch and trains on its shard, so several processes compute what one would.
 """
 import csv
 import json
 import math
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state, save_checkpoint
 from .data import VALID_SEED, binarize, load_dataset
+from .distributed import World, joined_world
 from .errors import DrawnetError
 from .evaluate import elbo
 from .model import DRAW, DrawConfig
 
-PRESET_DATASETS = {"mnist": "mnist", "mnist-noattn": "mnist"}
+PRESET_DATASETS = {"mnist": "mnist", "mnist-noattn": "mnist", "two-digit-mnist": "two-digit-mnist"}
 MAX_BAD_STEPS = 5  # consecutive non-finite steps before training gives up
 STEP_FIELDS = ["step", "epoch", "loss", "L_x", "L_z", "grad_norm", "lr"]
 EPOCH_FIELDS = ["epoch", "step", "train_loss", "train_L_z", "valid_bound", "lr", "wall_time_s"]
@@ -46,7 +47,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     seed: int = 0
     limit: Optional[int] = None  # use only the first `limit` images of each split (smoke tests)
-    binarize: bool = True
+    binarize: Optional[bool] = None  # None: binarise exactly when the likelihood is Bernoulli
     threads: Optional[int] = None
     progress: bool = True
 
@@ -144,9 +145,18 @@ def _write_csv(path: Path, rows, write_header: bool, mode: str = "a") -> None:
 
 def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = False, log=print) -> DRAW:
     """Train (or resume) a DRAW model; returns it. Writes checkpoint, config.json, model.safetensors,
-    steps.csv (per step) and log.csv / log.json (per epoch) to tcfg.out_dir."""
+    steps.csv (per step) and log.csv / log.json (per epoch) to tcfg.out_dir. Started by torchrun, each
+    process trains on its shard of every batch of tcfg.batch_size images, and rank 0 alone writes and logs."""
+    with joined_world() as world:
+        return _train(model_config, tcfg, resume, log if world.is_main else lambda message: None, world)
+
+
+def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, log, world: World) -> DRAW:
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
+    if tcfg.batch_size % world.size:
+        raise DrawnetError(f"batch size {tcfg.batch_size} is the global batch and must divide by the number of "
+                           f"processes ({world.size})")
     out_dir = Path(tcfg.out_dir)
     if resume and (out_dir / CHECKPOINT_NAME).is_file():
         model, tensors, state = load_training(out_dir)
@@ -165,34 +175,47 @@ def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = 
         torch.manual_seed(tcfg.seed)  # the initial weights belong to the seed too
         model, tensors, state = DRAW(model_config), None, TrainState()
     cfg = model.config
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / ".write-test").touch()
-        (out_dir / ".write-test").unlink()
-    except OSError as e:
-        raise DrawnetError(f"output directory {out_dir} is not writable: {e.strerror}") from None
+    if world.is_main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / ".write-test").touch()
+            (out_dir / ".write-test").unlink()
+        except OSError as e:
+            raise DrawnetError(f"output directory {out_dir} is not writable: {e.strerror}") from None
 
-    splits = load_dataset(tcfg.dataset, tcfg.data_dir, (cfg.channels, cfg.height, cfg.width))
+    with world.main_first():
+        splits = load_dataset(tcfg.dataset, tcfg.data_dir, (cfg.channels, cfg.height, cfg.width))
     train_x, valid_x = splits.train[: tcfg.limit], splits.valid[: tcfg.limit]
-    if tcfg.binarize:
+    for split in (train_x, valid_x):  # before binarisation, which fails on probabilities outside [0, 1]
+        try:
+            model.check_images(split)
+        except DrawnetError as e:
+            raise DrawnetError(f"data set {tcfg.dataset}: {e}") from None
+    binary = cfg.likelihood == "bernoulli" if tcfg.binarize is None else tcfg.binarize
+    if binary:
         valid_x = binarize(valid_x, VALID_SEED)
+    valid_x = valid_x.to(world.device)
     steps_per_epoch = len(train_x) // tcfg.batch_size
     if steps_per_epoch == 0:
         raise DrawnetError(f"batch size {tcfg.batch_size} is larger than the training set ({len(train_x)})")
 
+    model.to(world.device)
+    ddp_model = world.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr_at(state.epoch))
     if tensors is not None:
         _load_optimizer(opt, tensors)
         for group in opt.param_groups:
             group["lr"] = tcfg.lr_at(state.epoch)
     steps_csv, log_csv = out_dir / "steps.csv", out_dir / "log.csv"
-    _truncate_csv(steps_csv, "step", state.step)
-    _truncate_csv(log_csv, "epoch", state.epoch)
-    if not steps_csv.is_file():
-        _write_csv(steps_csv, [], write_header=True)
-        _write_csv(log_csv, [], write_header=True)
+    if world.is_main:
+        _truncate_csv(steps_csv, "step", state.step)
+        _truncate_csv(log_csv, "epoch", state.epoch)
+        if not steps_csv.is_file():
+            _write_csv(steps_csv, [], write_header=True)
+            _write_csv(log_csv, [], write_header=True)
     log(f"{cfg} | {model.num_parameters():,} parameters | {len(train_x)} training images, "
-        f"batch {tcfg.batch_size}, {steps_per_epoch} steps/epoch")
+        f"batch {tcfg.batch_size}{f' over {world.size} processes' if world.size > 1 else ''}, "
+        f"{steps_per_epoch} steps/epoch")
 
     stop = {"signal": None}
     def _on_signal(signum, _frame):  # finish the step, checkpoint, exit
@@ -207,32 +230,35 @@ def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = 
         state.wall_time_s = wall()
         save_training(out_dir, model, opt, state, tcfg)
 
-    def train_step(x) -> dict:
-        """One Adam update; a non-finite loss or gradient skips the update and is counted."""
-        out = model(x)
+    def train_step(x, noise) -> dict:
+        """One Adam update on this rank's shard; a non-finite loss or gradient skips the update and is counted.
+        The loss and gradients are those of the global batch (averaged over ranks), so all ranks agree."""
+        out = ddp_model(x, noise=noise)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
-        finite = bool(torch.isfinite(out.loss) and torch.isfinite(grad_norm))
+        loss, L_z = world.mean(out.loss, out.L_z.mean())
+        finite = bool(math.isfinite(loss) and torch.isfinite(grad_norm))
         if finite:
             opt.step()
-        loss, L_z = out.loss.item(), out.L_z.mean().item()
         return {"step": state.step + 1, "epoch": state.epoch, "loss": f"{loss:.4f}", "L_x": f"{loss - L_z:.4f}",
                 "L_z": f"{L_z:.4f}", "grad_norm": f"{grad_norm.item():.3f}", "lr": opt.param_groups[0]["lr"],
                 "finite": finite, "values": (loss, L_z)}
 
     def end_of_epoch():
-        valid_bound = elbo(model, valid_x, batch_size=500, seed=VALID_SEED)[0]
-        n = max(state.epoch_good, 1)
-        record = {"epoch": state.epoch + 1, "step": state.step, "train_loss": round(state.epoch_loss / n, 4),
-                  "train_L_z": round(state.epoch_L_z / n, 4), "valid_bound": round(valid_bound, 4),
-                  "lr": opt.param_groups[0]["lr"], "wall_time_s": round(wall(), 1)}
-        state.history.append(record)
+        """Validate and log on rank 0 (the other ranks wait for it at the next step); every rank moves on."""
+        if world.is_main:
+            valid_bound = elbo(model, valid_x, batch_size=500, seed=VALID_SEED)[0]
+            n = max(state.epoch_good, 1)
+            record = {"epoch": state.epoch + 1, "step": state.step, "train_loss": round(state.epoch_loss / n, 4),
+                      "train_L_z": round(state.epoch_L_z / n, 4), "valid_bound": round(valid_bound, 4),
+                      "lr": opt.param_groups[0]["lr"], "wall_time_s": round(wall(), 1)}
+            state.history.append(record)
+            _write_csv(log_csv, [record], write_header=False)
+            (out_dir / "log.json").write_text(json.dumps(state.history, indent=1) + "\n")
+            log(f"epoch {state.epoch + 1}: train {record['train_loss']:.2f} (KL {record['train_L_z']:.2f}) "
+                f"valid bound {valid_bound:.2f} nats, lr {record['lr']:.2e}, {record['wall_time_s'] / 60:.1f} min")
         state.epoch, state.epoch_step, state.epoch_good, state.epoch_loss, state.epoch_L_z = state.epoch + 1, 0, 0, 0.0, 0.0
-        _write_csv(log_csv, [record], write_header=False)
-        (out_dir / "log.json").write_text(json.dumps(state.history, indent=1) + "\n")
-        log(f"epoch {state.epoch}: train {record['train_loss']:.2f} (KL {record['train_L_z']:.2f}) "
-            f"valid bound {valid_bound:.2f} nats, lr {record['lr']:.2e}, {record['wall_time_s'] / 60:.1f} min")
         for group in opt.param_groups:
             group["lr"] = tcfg.lr_at(state.epoch)
 
@@ -241,14 +267,20 @@ def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = 
         while state.epoch < tcfg.epochs:
             perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(tcfg.seed * 100003 + state.epoch))
             bar = tqdm(range(state.epoch_step, steps_per_epoch), desc=f"epoch {state.epoch + 1}",
-                       initial=state.epoch_step, total=steps_per_epoch, disable=not tcfg.progress,
-                       dynamic_ncols=True, leave=False)
+                       initial=state.epoch_step, total=steps_per_epoch, dynamic_ncols=True, leave=False,
+                       disable=not (tcfg.progress and world.is_main))
             rows = []
             model.train()
             for i in bar:
                 torch.manual_seed(tcfg.seed * 1000003 + state.step)
                 x = train_x[perm[i * tcfg.batch_size : (i + 1) * tcfg.batch_size]]
-                row = train_step(torch.bernoulli(x) if tcfg.binarize else x)
+                if binary:
+                    x = torch.bernoulli(x)
+                # eps of the whole global batch, drawn as DRAW.forward would draw it (one [batch, z] per glimpse):
+                # each rank trains its images with the noise that one process would have used for them
+                noise = torch.stack([torch.randn(len(x), cfg.z_size) for _ in range(cfg.T)])
+                mine = world.shard(len(x))
+                row = train_step(x[mine].to(world.device), noise[:, mine].to(world.device))
                 loss, L_z = row.pop("values")
                 state.step += 1
                 state.epoch_step += 1
@@ -268,21 +300,26 @@ def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = 
                 rows.append(row)
                 bar.set_postfix(loss=f"{loss:.2f}", KL=f"{L_z:.2f}")
                 done = tcfg.max_steps is not None and state.step >= tcfg.max_steps
-                timed_out = tcfg.max_minutes is not None and wall() - start_wall >= 60 * tcfg.max_minutes
-                if time.time() - last_ckpt >= 60 * tcfg.checkpoint_minutes or done or timed_out or stop["signal"]:
+                timed_out, signalled = world.anywhere(
+                    tcfg.max_minutes is not None and wall() - start_wall >= 60 * tcfg.max_minutes,
+                    stop["signal"] is not None)
+                due = time.time() - last_ckpt >= 60 * tcfg.checkpoint_minutes
+                if world.is_main and (due or done or timed_out or signalled):
                     _write_csv(steps_csv, rows, write_header=False)
                     rows = []
                     checkpoint()
                     last_ckpt = time.time()
-                if done or timed_out or stop["signal"]:
+                if done or timed_out or signalled:
                     bar.close()
                     reason = "max steps" if done else "time limit" if timed_out else "signal"
                     log(f"stopped ({reason}) at epoch {state.epoch}, step {state.step}; checkpoint in {out_dir}")
                     return model
             bar.close()
-            _write_csv(steps_csv, rows, write_header=False)
+            if world.is_main:
+                _write_csv(steps_csv, rows, write_header=False)
             end_of_epoch()
-            checkpoint()
+            if world.is_main:
+                checkpoint()
             last_ckpt = time.time()
         return model
     finally:

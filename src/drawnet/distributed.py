@@ -1,0 +1,86 @@
+"""Data-parallel training over several processes started by torchrun.
+
+`torchrun --nproc_per_node P -m drawnet.cli train ...` starts P copies of drawnet with RANK, LOCAL_RANK and
+WORLD_SIZE in their environment. Every copy holds the whole model; at each step every rank runs its contiguous
+shard of the global batch and DistributedDataParallel averages the gradients, so each update is the one a
+single process would make on the whole batch. Rank 0 alone writes files and talks to the user.
+"""
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes; World() is a process training alone."""
+
+    rank: int = 0
+    size: int = 1  # number of processes
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, the one process that writes checkpoints and logs, so that every file is written once."""
+        return self.rank == 0
+
+    def shard(self, batch: int) -> slice:
+        """This rank's contiguous part of a global batch (whose size the number of processes divides)."""
+        per_rank = batch // self.size
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model to run training steps with: with several processes, one that averages its gradients."""
+        if self.size == 1:
+            return model
+        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def mean(self, *values: torch.Tensor) -> list:
+        """The mean over ranks of each scalar: with equal shards, its value for the whole global batch."""
+        stacked = torch.stack([v.detach().float() for v in values])
+        if self.size > 1:
+            dist.all_reduce(stacked)
+            stacked /= self.size
+        return stacked.tolist()
+
+    def anywhere(self, *flags: bool) -> list:
+        """Each flag, true on every rank if it is true on any. A signal or a time limit seen by one rank must
+        stop all of them after the same step: a rank that stopped alone would leave the others waiting."""
+        if self.size == 1:
+            return list(flags)
+        raised = torch.tensor(flags, dtype=torch.float32, device=self.device)
+        dist.all_reduce(raised, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in raised.tolist()]
+
+    @contextmanager
+    def main_first(self):
+        """Run the block on rank 0 before the other ranks, so that only one process downloads and caches a
+        data set and the others read its cache."""
+        if not self.is_main:
+            dist.barrier()
+        yield
+        if self.is_main and self.size > 1:
+            dist.barrier()
+
+
+@contextmanager
+def joined_world():
+    """This process's World. When torchrun started several (WORLD_SIZE > 1), join their process group for the
+    block: NCCL on GPU number LOCAL_RANK when CUDA is available, gloo on the CPU otherwise."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        yield World()
+        return
+    if torch.cuda.is_available():
+        device, backend = torch.device("cuda", int(os.environ["LOCAL_RANK"])), "nccl"
+        torch.cuda.set_device(device)
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    dist.init_process_group(backend)
+    try:
+        yield World(dist.get_rank(), size, device)
+    finally:
+        dist.destroy_process_group()
