@@ -1,4 +1,5 @@
 """Files on disk: atomic writes, pretrained weights and training checkpoints, all safetensors + JSON."""
+import dataclasses
 import json
 import os
 import tempfile
@@ -11,6 +12,22 @@ from safetensors.torch import load_file, save_file
 from .errors import DrawnetError
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+
+
+class JsonConfig:
+    """A config dataclass that is written to and read from config.json as a JSON object of its fields."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        if not isinstance(d, dict):
+            raise DrawnetError("config: expected a JSON object")
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise DrawnetError(f"config: unknown field(s) {', '.join(unknown)}")
+        return cls(**d)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -30,14 +47,18 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def read_config(path: Path):
-    from .model import DrawConfig
+def read_config(path: Path, config_class=None):
+    """The config in a model's config.json, as config_class (default DrawConfig) built by its from_dict."""
+    if config_class is None:
+        from .model import DrawConfig
+
+        config_class = DrawConfig
 
     path = Path(path)
     if not path.is_file():
         raise DrawnetError(f"no model found: {path} does not exist")
     try:
-        return DrawConfig.from_dict(json.loads(path.read_text()))
+        return config_class.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DrawnetError(f"{path} is not valid JSON: {e}") from None
     except TypeError as e:
@@ -72,6 +93,17 @@ def load_state(model: torch.nn.Module, tensors: dict, source) -> None:
 
 def load_weights(model: torch.nn.Module, path: Path, map_location="cpu") -> None:
     load_state(model, _load_tensors(path, map_location), path)
+
+
+def save_pretrained(directory: Path, model: torch.nn.Module) -> None:
+    """A model directory: config.json (model.config.to_dict()) and model.safetensors, each written atomically."""
+    from .model import CONFIG_NAME, WEIGHTS_NAME
+
+    directory = Path(directory)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
+    text = json.dumps(model.config.to_dict(), indent=2) + "\n"
+    atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(text))
 
 
 def save_checkpoint(path: Path, tensors: dict, metadata: dict) -> None:

@@ -164,6 +164,76 @@ def cmd_curves(args):
     print(f"wrote {plot_training_curves(runs, args.out)}")
 
 
+CLASSIFY_TRAIN_FLAGS = ["batch_size", "lr", "lr_decay", "clip", "epochs", "max_minutes", "seed", "limit", "threads"]
+
+
+def cmd_classify_train(args):
+    """Train the cluttered MNIST classifier, or resume a run: a resumed run keeps its saved settings except the
+    flags given now."""
+    from .classify import ClassifierConfig, ClassifyTrainConfig, saved_settings, train_classifier
+
+    shape = {k: v for k, v in (("T", args.glimpses), ("height", args.size), ("width", args.size)) if v is not None}
+    config = ClassifierConfig(**shape) if shape else None
+    settings = (saved_settings(args.out) or {}) if args.resume else {}
+    settings.update({k: getattr(args, k) for k in CLASSIFY_TRAIN_FLAGS if getattr(args, k) is not None})
+    settings.update(out_dir=args.out, progress=not args.no_progress)
+    train_classifier(config, ClassifyTrainConfig(**settings), resume=args.resume)
+
+
+def cmd_classify_test(args):
+    from .classify import TEST_SIZE, AttentionClassifier, error_rate
+
+    model = AttentionClassifier.from_pretrained(args.model)
+    n = min(args.limit or TEST_SIZE, TEST_SIZE)
+    error = error_rate(model, "test", n, batch_size=args.batch_size, progress=True)
+    print(f"test error on {n} cluttered MNIST canvases, {model.config.T} glimpses: {100 * error:.2f} %")
+
+
+def cmd_classify_figure(args):
+    from .classify import AttentionClassifier, fixed_set, glimpse_figure
+
+    model = AttentionClassifier.from_pretrained(args.model)
+    x, y = next(fixed_set("test", args.n, model.config.height))
+    path = glimpse_figure(model, x, y, args.out)
+    print(f"wrote {path} (the first {len(x)} test canvases; columns: glimpses 1..{model.config.T}; for each "
+          "canvas, the read window in green above the glimpse it read)")
+
+
+def _add_classify_parser(sub) -> None:
+    """drawnet classify train | test | figure: the cluttered MNIST attention classifier (classify.py)."""
+    classify = sub.add_parser("classify", help="cluttered MNIST classification with attention (train, test, figure)")
+    commands = classify.add_subparsers(dest="classify_command", metavar="{train,test,figure}", required=True)
+
+    p = commands.add_parser("train", help="train on cluttered 100x100 MNIST (resumable); per-epoch validation error")
+    p.add_argument("--out", default="runs/classify", help="run directory (default runs/classify)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--glimpses", type=_positive_int, help="glimpses T (default 8)")
+    p.add_argument("--size", type=_positive_int, help="canvas side in pixels (default 100)")
+    p.add_argument("--batch-size", type=int, help="canvases per step (default 64)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3; the window layer's is a tenth)")
+    p.add_argument("--lr-decay", type=float, help="learning-rate factor per epoch (default 0.95)")
+    p.add_argument("--clip", type=float, help="max gradient norm (default 10)")
+    p.add_argument("--epochs", type=int, help="train until this many epochs of 50,000 canvases (default 50)")
+    p.add_argument("--max-minutes", type=float, help="stop with a checkpoint after this much time")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--limit", type=int, help="use only the first LIMIT training digits and validation canvases")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_classify_train)
+
+    p = commands.add_parser("test", help="test error in %% on the fixed cluttered test set")
+    p.add_argument("--model", required=True, help="a model directory (config.json + model.safetensors)")
+    p.add_argument("--limit", type=_positive_int, help="score only the first LIMIT of the 10,000 test canvases")
+    p.add_argument("--batch-size", type=_positive_int, default=500)
+    p.set_defaults(func=cmd_classify_test)
+
+    p = commands.add_parser("figure", help="PNG of the glimpses on test canvases")
+    p.add_argument("--model", required=True, help="a model directory (config.json + model.safetensors)")
+    p.add_argument("--out", default="glimpses.png")
+    p.add_argument("-n", type=_positive_int, default=4, help="test canvases to show (default 4)")
+    p.set_defaults(func=cmd_classify_figure)
+
+
 class _Parser(argparse.ArgumentParser):
     """Bad flags get the same one-line error as bad input (`drawnet --help` shows the usage)."""
 
@@ -252,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories (each with a log.json)")
     p.add_argument("--out", default="curves.png")
     p.set_defaults(func=cmd_curves)
+    _add_classify_parser(sub)
     return parser
 
 

@@ -5,7 +5,6 @@ The initial states c_0, h_enc_0 and h_dec_0 (and both LSTM cell states) are zero
 error image is x - sigmoid(0) = x - 0.5 and the first read window comes from the bias alone.
 """
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import nn
 
 from .attention import (Window, filterbank, fused_read, fused_write, grid_window_params, read_attention,
                         window_from_params, write_attention)
+from .checkpoint import JsonConfig
 from .errors import DrawnetError
 from .likelihoods import LIKELIHOODS, make_likelihood
 
@@ -24,7 +24,7 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass(frozen=True)
-class DrawConfig:
+class DrawConfig(JsonConfig):
     """Everything that fixes a DRAW model's architecture; serialised as config.json."""
 
     height: int = 28
@@ -59,17 +59,6 @@ class DrawConfig:
         if self.likelihood not in LIKELIHOODS:
             raise DrawnetError(f"config: likelihood must be one of {sorted(LIKELIHOODS)}, got {self.likelihood!r}")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DrawConfig":
-        if not isinstance(d, dict):
-            raise DrawnetError("config: expected a JSON object")
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise DrawnetError(f"config: unknown field(s) {', '.join(unknown)}")
-        return cls(**d)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "DrawConfig":
@@ -484,16 +473,9 @@ class DRAW(nn.Module):
 
     # --- save_pretrained / from_pretrained: config.json + model.safetensors, never a pickle ---
     def save_pretrained(self, directory) -> None:
-        from safetensors.torch import save_file
+        from .checkpoint import save_pretrained
 
-        from .checkpoint import atomic_write
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p)))
-        text = json.dumps(self.config.to_dict(), indent=2) + "\n"
-        atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(text))
+        save_pretrained(directory, self)
 
     @classmethod
     def from_pretrained(cls, directory, map_location="cpu") -> "DRAW":

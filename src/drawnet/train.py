@@ -79,7 +79,7 @@ class TrainState:
     history: list = field(default_factory=list)  # one dict per finished epoch
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict:
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict:
     out = {}
     for idx, state in opt.state_dict()["state"].items():
         for key, value in state.items():
@@ -87,7 +87,7 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict:
     return out
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
     state = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
@@ -100,7 +100,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
 
 def save_training(out_dir: Path, model: DRAW, opt, state: TrainState, tcfg: TrainConfig) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update(_optimizer_tensors(opt))
+    tensors.update(optimizer_tensors(opt))
     meta = {"model_config": model.config.to_dict(), "train_config": asdict(tcfg), "state": asdict(state)}
     save_checkpoint(out_dir / CHECKPOINT_NAME, tensors, meta)
     model.save_pretrained(out_dir)
@@ -203,7 +203,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
     ddp_model = world.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr_at(state.epoch))
     if tensors is not None:
-        _load_optimizer(opt, tensors)
+        load_optimizer(opt, tensors)
         for group in opt.param_groups:
             group["lr"] = tcfg.lr_at(state.epoch)
     steps_csv, log_csv = out_dir / "steps.csv", out_dir / "log.csv"

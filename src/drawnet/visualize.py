@@ -42,7 +42,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def grid_array(images: torch.Tensor, nrow: int, pad: int = 2, scale: int = 1) -> np.ndarray:
     """Tile [n, C, H, W] images into one RGB array with `nrow` images per row and a grey border."""
-    return _tile(_rgb_tiles(images, scale), nrow, pad)
+    return tile_grid(rgb_tiles(images, scale), nrow, pad)
 
 
 def save_grid(images: torch.Tensor, path, nrow: int = 8, scale: int = 2) -> Path:
@@ -52,7 +52,7 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8, scale: int = 2) -> Path
     return path
 
 
-def _rgb_tiles(images: torch.Tensor, scale: int = 1) -> np.ndarray:
+def rgb_tiles(images: torch.Tensor, scale: int = 1) -> np.ndarray:
     """[n, C, H, W] in [0, 1] -> [n, H*scale, W*scale, 3] uint8 (grey images repeated over RGB)."""
     arr = to_uint8(images)
     if arr.shape[-1] == 1:
@@ -62,7 +62,7 @@ def _rgb_tiles(images: torch.Tensor, scale: int = 1) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _tile(arr: np.ndarray, nrow: int, pad: int = PAD) -> np.ndarray:
+def tile_grid(arr: np.ndarray, nrow: int, pad: int = PAD) -> np.ndarray:
     """[n, h, w, 3] -> one array with `nrow` tiles per row and a grey border `pad` pixels wide."""
     n, h, w, _ = arr.shape
     rows = (n + nrow - 1) // nrow
@@ -118,7 +118,7 @@ def draw_window(tile: np.ndarray, gx, gy, sigma2, delta, N: int, scale: int, col
     return tile
 
 
-def _window_arrays(window):
+def window_arrays(window):
     """A Window of [T, b] tensors -> dict of float64 numpy arrays [T, b] (None stays None)."""
     if window is None:
         return None
@@ -138,8 +138,8 @@ def _draw_step(tiles: np.ndarray, t: int, windows, scale: int):
 def _windows_to_draw(model, write_windows, read_windows=None):
     """[(arrays, N, colour), ...] in drawing order: read (green) first, write (red) on top."""
     cfg = model.config
-    return [(_window_arrays(read_windows), cfg.read_n, READ_COLOUR),
-            (_window_arrays(write_windows), cfg.write_n, WRITE_COLOUR)]
+    return [(window_arrays(read_windows), cfg.read_n, READ_COLOUR),
+            (window_arrays(write_windows), cfg.write_n, WRITE_COLOUR)]
 
 
 # --- animations ---
@@ -164,7 +164,7 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _caption(frame: np.ndarray, text: str, height: int = 16) -> np.ndarray:
+def add_caption(frame: np.ndarray, text: str, height: int = 16) -> np.ndarray:
     """Append a strip with `text` below a frame (it also keeps every frame of a GIF distinct)."""
     strip = Image.new("RGB", (frame.shape[1], height), (BORDER_GREY,) * 3)
     ImageDraw.Draw(strip).text((PAD + 2, 1), text, fill=(255, 255, 255), font=_font(height - 4))
@@ -180,10 +180,10 @@ def render_frames(canvases: torch.Tensor, windows, blank: torch.Tensor, scale: i
     """
     T, n = canvases.shape[:2]
     nrow = nrow or math.ceil(math.sqrt(n))
-    frames = [_caption(_tile(_rgb_tiles(blank.expand(n, *blank.shape), scale), nrow), f"blank canvas 0/{T}")]
+    frames = [add_caption(tile_grid(rgb_tiles(blank.expand(n, *blank.shape), scale), nrow), f"blank canvas 0/{T}")]
     for t in range(T):
-        tiles = _draw_step(_rgb_tiles(canvases[t], scale), t, windows, scale)
-        frames.append(_caption(_tile(tiles, nrow), f"glimpse {t + 1}/{T}"))
+        tiles = _draw_step(rgb_tiles(canvases[t], scale), t, windows, scale)
+        frames.append(add_caption(tile_grid(tiles, nrow), f"glimpse {t + 1}/{T}"))
     return frames
 
 
@@ -196,11 +196,11 @@ def progression_array(canvases: torch.Tensor, windows, steps: Sequence[int], sca
     for s in steps:
         if not 1 <= s <= T:
             raise DrawnetError(f"glimpse {s} out of range 1..{T}")
-        columns.append(_draw_step(_rgb_tiles(canvases[s - 1], scale), s - 1, windows, scale))
+        columns.append(_draw_step(rgb_tiles(canvases[s - 1], scale), s - 1, windows, scale))
     if targets is not None:
-        columns.append(_rgb_tiles(targets, scale))
+        columns.append(rgb_tiles(targets, scale))
     tiles = np.stack(columns, axis=1)  # [n, columns, h, w, 3], row-major: image k's glimpses on row k
-    return _tile(tiles.reshape(-1, *tiles.shape[2:]), nrow=len(columns))
+    return tile_grid(tiles.reshape(-1, *tiles.shape[2:]), nrow=len(columns))
 
 
 def _palette_image(frame: np.ndarray) -> Image.Image:
@@ -340,7 +340,7 @@ def filterbank_figure(image: torch.Tensor, path, settings=None, N: int = 12, gri
     overhang = max([0.0] + [max(-r[0], -r[1], r[2] - Ws, r[3] - Hs) for r in rects if all(map(math.isfinite, r))])
     m = int(min(math.ceil(overhang), max(Hs, Ws) // 4))
     left = np.full((Hs + 2 * m, Ws + 2 * m, 3), 255, dtype=np.uint8)
-    left[m : m + Hs, m : m + Ws] = _rgb_tiles(image[None], scale)[0]
+    left[m : m + Hs, m : m + Ws] = rgb_tiles(image[None], scale)[0]
     for k, (rect, (_, _, _, sigma2)) in enumerate(zip(rects, settings)):
         shifted = tuple(v + m for v in rect)
         mask = outline_mask(shifted, window_line_width(sigma2, scale), left.shape[0], left.shape[1])
@@ -368,7 +368,7 @@ def filterbank_figure(image: torch.Tensor, path, settings=None, N: int = 12, gri
     fdraw = ImageDraw.Draw(fig)
     x_patch = left.shape[1] + 2 * gap
     for j, (gx_, gy_, delta_, sigma2_) in enumerate(settings):
-        patch = _rgb_tiles(_read_patch(image, gx_, gy_, delta_, sigma2_, N)[None], ps)[0]
+        patch = rgb_tiles(_read_patch(image, gx_, gy_, delta_, sigma2_, N)[None], ps)[0]
         framed = np.empty((side, side, 3), dtype=np.uint8)
         framed[:] = SETTING_COLOURS[j % len(SETTING_COLOURS)]
         framed[border:-border, border:-border] = patch
