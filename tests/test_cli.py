@@ -278,3 +278,70 @@ def test_curves_plots_runs_and_rejects_a_missing_log(trained_run, tmp_path, run_
         assert img.size == (1000, 400)
     code, _, err = run_cli("curves", tmp_path / "nowhere", "--out", png)
     one_line_error(code, err)
+
+
+# --- conditional models: label and caption ---
+@pytest.fixture(scope="module")
+def label_run(tmp_path_factory):
+    """A tiny mnist-label run started from an unconditional tiny run's weights (--init-from)."""
+    root = tmp_path_factory.mktemp("label")
+    assert main(["train", *TINY_RUN, "--epochs", "1", *TINY_MODEL, "--out", str(root / "plain")]) == 0
+    assert main(["train", "--preset", "mnist-label", *TINY_RUN, "--epochs", "1", *TINY_MODEL,
+                 "--init-from", str(root / "plain"), "--out", str(root / "label")]) == 0
+    return root / "label"
+
+
+def test_label_model_trains_samples_animates_and_evaluates(label_run, tmp_path, run_cli):
+    assert DRAW.from_pretrained(label_run).condition == "label"
+    code, out, _ = run_cli("sample", "--model", label_run, "--label", 3, "-n", 4, "--out", tmp_path / "threes.png")
+    assert code == 0 and (tmp_path / "threes.png").is_file()
+    code, out, _ = run_cli("animate", "--model", label_run, "-n", 3, "--out-dir", tmp_path, "--reconstruct")
+    assert code == 0 and (tmp_path / "samples.gif").is_file() and (tmp_path / "reconstruction.gif").is_file()
+    code, out, _ = run_cli("eval", "--model", label_run, "--limit", 20, "--iw", 2)
+    assert code == 0 and "ELBO" in out and "IW, K=2" in out
+
+
+def test_agreement_reports_per_label_and_per_caption_kind(label_run, tmp_path, run_cli, monkeypatch):
+    import drawnet.captions as captions
+    from drawnet import DrawConfig
+
+    monkeypatch.setattr(captions, "digit_classifier", lambda: captions.DigitClassifier().eval())
+    code, out, _ = run_cli("agreement", "--model", label_run, "--per", 2)
+    assert code == 0 and re.search(r"label agreement over 2 images per digit: [\d.]+% \(0: \d+%", out)
+    caption_model = tmp_path / "captions"
+    DRAW(DrawConfig.preset("mnist-captions", T=2, enc_size=8, dec_size=8, z_size=2, caption_size=4,
+                           align_size=4)).save_pretrained(caption_model)
+    code, out, _ = run_cli("agreement", "--model", caption_model, "--per", 1)
+    assert code == 0
+    assert re.search(r"held-out captions \(45 x 1 images\): digits [\d.]+%, positions [\d.]+%, both [\d.]+%", out)
+    assert "training captions (405 x 1 images)" in out
+    code, out, _ = run_cli("sample", "--model", caption_model, "-n", 2, "--out", tmp_path / "c.png",
+                           "--caption", "the digit 7 is at the top of the digit 5")
+    assert code == 0 and (tmp_path / "c.png").is_file()
+
+
+@pytest.mark.parametrize("model, flags, message", [
+    ("label", ["--label", "10"], "--label must be in 0..9"),
+    ("label", ["--caption", "the digit 1 is at the top of the image"], "give --label"),
+    ("plain", ["--label", "1"], "unconditional"),
+    ("caption", [], "give --caption"),
+    ("caption", ["--caption", "the digit 1 is at the middle of the image"], "middle"),
+    ("caption", ["--caption", "the digit 1 is at the top of the digit 1"], ""),
+])
+def test_bad_label_or_caption_is_a_one_line_error(model, flags, message, label_run, tmp_path, run_cli,
+                                                  one_line_error):
+    from drawnet import DrawConfig
+
+    path = {"label": label_run, "plain": label_run.parent / "plain", "caption": tmp_path / "captions"}[model]
+    if model == "caption":
+        DRAW(DrawConfig.preset("mnist-captions", T=2, enc_size=8, dec_size=8, z_size=2, caption_size=4,
+                               align_size=4)).save_pretrained(path)
+    code, _, err = run_cli("sample", "--model", path, "-n", 2, "--out", tmp_path / "s.png", *flags)
+    one_line_error(code, err)
+    assert message in err
+
+
+def test_agreement_refuses_an_unconditional_model(label_run, run_cli, one_line_error):
+    code, _, err = run_cli("agreement", "--model", label_run.parent / "plain")
+    one_line_error(code, err)
+    assert "label or caption model" in err

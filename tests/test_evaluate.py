@@ -19,7 +19,7 @@ class FixedWeights:
     def eval(self):
         return self
 
-    def __call__(self, x):
+    def __call__(self, x, y=None):
         image = x[:, 0, 0, 0].long()  # each test image carries its own index
         k = torch.zeros_like(image)
         for row, i in enumerate(image.tolist()):

@@ -10,6 +10,7 @@ from torch.distributions import Normal, kl_divergence
 from drawnet import DRAW, PRESETS, DrawConfig, DrawnetError
 from drawnet.attention import Window, filterbank, read_attention, window_from_params, write_attention
 from drawnet.data import binarize
+from drawnet.captions import VOCAB
 from drawnet.model import CONFIG_NAME, WEIGHTS_NAME, bits_per_dim
 
 
@@ -25,7 +26,8 @@ def images_for(cfg: DrawConfig, n: int, seed: int = 0) -> torch.Tensor:
 # --- configs and presets ---------------------------------------------------------------------------
 
 def test_presets_follow_the_paper_table():
-    assert set(PRESETS) == {"mnist", "mnist-noattn", "two-digit-mnist", "svhn", "cifar10"}
+    assert set(PRESETS) == {"mnist", "mnist-noattn", "mnist-label", "mnist-captions", "two-digit-mnist", "svhn",
+                            "cifar10"}
     m = PRESETS["mnist"]
     assert (m.height, m.width, m.channels, m.T, m.enc_size, m.dec_size, m.z_size, m.read_n, m.write_n) == \
         (28, 28, 1, 64, 256, 256, 100, 2, 5)
@@ -33,11 +35,14 @@ def test_presets_follow_the_paper_table():
     noattn = PRESETS["mnist-noattn"]
     assert not noattn.read_attention and not noattn.write_attention
     assert (noattn.height, noattn.width, noattn.T, noattn.enc_size, noattn.z_size) == (28, 28, 64, 256, 100)
+    assert PRESETS["mnist-label"] == dataclasses.replace(m, num_classes=10)
+    captions = PRESETS["mnist-captions"]
+    assert captions == dataclasses.replace(PRESETS["two-digit-mnist"], vocab_size=len(VOCAB))
     two = PRESETS["two-digit-mnist"]
     assert (two.height, two.width, two.T, two.read_n, two.write_n) == (60, 60, 64, 2, 5)
     svhn = PRESETS["svhn"]
     assert (svhn.height, svhn.width, svhn.channels, svhn.T, svhn.enc_size, svhn.z_size, svhn.read_n,
-            svhn.write_n, svhn.likelihood) == (64, 64, 3, 32, 800, 100, 12, 12, "logistic")
+            svhn.write_n, svhn.likelihood) == (32, 32, 3, 32, 800, 100, 12, 12, "logistic")
     cifar = PRESETS["cifar10"]
     assert (cifar.height, cifar.width, cifar.channels, cifar.T, cifar.enc_size, cifar.z_size, cifar.read_n,
             cifar.write_n, cifar.likelihood) == (32, 32, 3, 64, 400, 200, 5, 5, "logistic")
@@ -54,12 +59,14 @@ def test_every_preset_builds_and_runs(name):
     assert model.encoder.out_features == 4 * cfg.enc_size
     assert model.q.out_features == 2 * cfg.z_size
     x = images_for(cfg, 2)
+    # a conditional preset's y: labels, or two captions' word ids (the second one shorter, padded with 0)
+    y = {"label": torch.tensor([3, 9]), "caption": torch.tensor([[1, 2, 3], [4, 5, 0]]), None: None}[model.condition]
     with torch.no_grad():
-        out = model(x)
+        out = model(x, y=y)
     assert out.L_x.shape == out.L_z.shape == out.log_w.shape == (2,)
     assert torch.isfinite(out.loss) and out.loss.dim() == 0
     with torch.no_grad():
-        gen = model.generate(2, generator=torch.Generator().manual_seed(0))
+        gen = model.generate(2, generator=torch.Generator().manual_seed(0), y=y)
     assert gen.images.shape == (2, C, H, W)
 
 

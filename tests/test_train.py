@@ -67,8 +67,8 @@ def _nan_on(steps, monkeypatch):
     forward = train_module.DRAW.forward
     calls = {"n": 0}
 
-    def patched(self, x, return_steps=False, noise=None):
-        out = forward(self, x, return_steps, noise)
+    def patched(self, x, return_steps=False, noise=None, y=None):
+        out = forward(self, x, return_steps, noise, y)
         if self.training:
             calls["n"] += 1
             if calls["n"] in steps:
@@ -130,3 +130,31 @@ def test_unwritable_output_directory_is_a_clear_error(tmp_path):
         target = target / "run"
     with pytest.raises(DrawnetError, match="not writable|cannot write"):
         train(DrawConfig(T=1, enc_size=8, dec_size=8, z_size=2), _tiny_train_config(tmp_path, out_dir=str(target)))
+
+
+def test_warm_start_begins_exactly_where_the_source_model_is():
+    """A label model warm-started from an unconditional one draws what the source draws, whatever the label."""
+    from drawnet.model import DRAW
+    from drawnet.train import warm_start
+
+    small = dict(T=3, enc_size=12, dec_size=10, z_size=4)
+    source = DRAW(DrawConfig.preset("mnist", **small))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model = DRAW(DrawConfig.preset("mnist-label", **small))
+    warm_start(model, source)
+    expected = source.generate(4, torch.Generator().manual_seed(0)).images
+    for label in (0, 7):
+        got = model.generate(4, torch.Generator().manual_seed(0), y=torch.full((4,), label)).images
+        assert torch.allclose(got, expected, atol=1e-6)
+    with pytest.raises(DrawnetError, match="same architecture"):
+        warm_start(DRAW(DrawConfig.preset("mnist-label", T=4, enc_size=12, dec_size=10, z_size=4)), source)
+    # with attention no weight depends on the image size: a 60x60 model takes every weight as it is
+    bigger = DRAW(DrawConfig.preset("two-digit-mnist", **small))
+    warm_start(bigger, source)
+    for (name, mine), theirs in zip(bigger.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(mine, theirs), name
+    with pytest.raises(DrawnetError, match="image size"):
+        warm_start(DRAW(DrawConfig.preset("mnist-noattn", height=30, **small)),
+                   DRAW(DrawConfig.preset("mnist-noattn", **small)))

@@ -10,17 +10,51 @@ from .errors import DrawnetError
 
 
 PRETRAINED = Path(__file__).parent / "pretrained"  # the models shipped with the package
-MODEL_HELP = "a model directory (config.json + model.safetensors) or a shipped model: mnist (default), mnist-noattn"
+SHIPPED = sorted(p.name for p in PRETRAINED.iterdir() if (p / "config.json").is_file())
+MODEL_HELP = f"a model directory (config.json + model.safetensors) or a shipped model: {', '.join(SHIPPED)}"
 
 
-def _load_model(name_or_path):
-    """A model directory, or the name of a shipped model (mnist, mnist-noattn)."""
-    from .model import DRAW
-
+def _model_dir(name_or_path) -> Path:
+    """A model directory, or the directory of a shipped model (SHIPPED)."""
     path = Path(name_or_path)
     if not path.exists() and (PRETRAINED / name_or_path).is_dir():
         path = PRETRAINED / name_or_path
-    return DRAW.from_pretrained(path)
+    return path
+
+
+def _load_model(name_or_path):
+    from .model import DRAW
+
+    return DRAW.from_pretrained(_model_dir(name_or_path))
+
+
+def _condition(model, n: int, label=None, captions=None):
+    """y for n images of a model: the labels (default: the digits 0, 1, ..., 9, 0, ... in turn) or the word
+    ids of the captions, taken in turn; None for an unconditional model."""
+    if model.condition is None:
+        if label is not None or captions:
+            raise DrawnetError("this model is unconditional: it takes no --label or --caption")
+        return None
+    if model.condition == "label":
+        if captions:
+            raise DrawnetError("this model draws a chosen digit: give --label, not --caption")
+        if label is not None and not 0 <= label < model.config.num_classes:
+            raise DrawnetError(f"--label must be in 0..{model.config.num_classes - 1}, got {label}")
+        return torch.full((n,), label) if label is not None else torch.arange(n) % model.config.num_classes
+    from .captions import EXAMPLES, encode_captions, parse_caption
+
+    if not captions:
+        raise DrawnetError(f"this model draws from a caption: give --caption, {EXAMPLES}")
+    for caption in captions:
+        parse_caption(caption)
+    return encode_captions([captions[i % len(captions)] for i in range(n)])
+
+
+def _add_condition_flags(p):
+    p.add_argument("--label", type=int, help="label models: the digit to draw (default: 0..9 in turn)")
+    p.add_argument("--caption", action="append",
+                   help="caption models: what to draw, e.g. 'the digit 7 is at the top of the digit 5' "
+                        "(repeat for several captions)")
 
 
 def _add_model_overrides(p):
@@ -50,7 +84,7 @@ def _parse_bool(text: str) -> bool:
 
 
 TRAIN_FLAGS = ["batch_size", "lr", "lr_decay", "min_lr", "clip", "epochs", "max_minutes", "max_steps",
-               "checkpoint_minutes", "seed", "limit", "threads", "dataset", "data_dir"]
+               "checkpoint_minutes", "seed", "limit", "threads", "dataset", "data_dir", "init_from"]
 
 
 def cmd_train(args):
@@ -65,17 +99,20 @@ def cmd_train(args):
     settings = dict(saved or {"dataset": PRESET_DATASETS.get(args.preset, args.preset)})
     settings.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     settings.update(out_dir=out_dir, progress=not args.no_progress)
+    if args.init_from:
+        settings["init_from"] = str(_model_dir(args.init_from))
     train(model_config, TrainConfig(**settings), resume=args.resume)
 
 
 def cmd_eval(args):
-    from .data import TEST_SEED, binarize, load_dataset
+    from .data import TEST_SEED, binarize, load_dataset, load_labels
     from .evaluate import elbo, iw_bound
     from .model import bits_per_dim
 
     model = _load_model(args.model)
     cfg = model.config
     x = load_dataset(args.dataset, args.data_dir, (cfg.channels, cfg.height, cfg.width)).test[: args.limit]
+    y = load_labels(args.dataset, args.data_dir).test[: args.limit] if model.condition else None
     if cfg.likelihood == "bernoulli":
         x = binarize(x, TEST_SEED)
 
@@ -85,17 +122,27 @@ def cmd_eval(args):
             line += f" ({bits_per_dim(mean, cfg):.3f} bits/dim)"
         print(line, flush=True)
 
-    report("ELBO", *elbo(model, x, batch_size=args.batch_size, seed=args.seed, progress=True))
+    report("ELBO", *elbo(model, x, batch_size=args.batch_size, seed=args.seed, progress=True, y=y))
     if args.iw:
-        report(f"IW, K={args.iw}", *iw_bound(model, x, args.iw, batch_size=args.batch_size, seed=args.seed, progress=True))
+        report(f"IW, K={args.iw}", *iw_bound(model, x, args.iw, batch_size=args.batch_size, seed=args.seed,
+                                             progress=True, y=y))
 
 
 def cmd_sample(args):
-    from .visualize import save_grid
+    """A grid of samples; with several captions, one row of N samples per caption, the caption below it."""
+    from .visualize import save_grid, save_titled_rows
 
     model = _load_model(args.model)
-    gen = model.generate(args.n, generator=torch.Generator().manual_seed(args.seed))
-    path = save_grid(gen.images, args.out, nrow=args.nrow)
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.caption and len(args.caption) > 1:
+        rows = [c for c in args.caption for _ in range(args.n)]
+        gen = model.generate(len(rows), generator=generator, y=_condition(model, len(rows), args.label, rows))
+        path = save_titled_rows(gen.images.split(args.n), args.caption, args.out)
+        print(f"wrote {args.n} samples for each of {len(args.caption)} captions to {path}")
+        return
+    gen = model.generate(args.n, generator=generator, y=_condition(model, args.n, args.label, args.caption))
+    nrow = args.nrow or (model.config.num_classes if model.condition == "label" and args.label is None else 8)
+    path = save_grid(gen.images, args.out, nrow=nrow)
     print(f"wrote {args.n} samples to {path}")
 
 
@@ -106,18 +153,20 @@ def cmd_animate(args):
     model = _load_model(args.model)
     out = Path(args.out_dir)
     opts = dict(seed=args.seed, columns=args.columns, frame_ms=args.frame_ms)
-    gif, png = animate_samples(model, args.n, out / "samples.gif", out / "progression.png", **opts)
+    y = _condition(model, args.n, args.label, args.caption)
+    gif, png = animate_samples(model, args.n, out / "samples.gif", out / "progression.png", y=y, **opts)
     print(f"wrote {gif} ({model.config.T + 1} frames: the blank canvas, then glimpses 1..{model.config.T})")
     print(f"wrote {png} (rows: {args.n} samples; columns: glimpses)")
     if args.reconstruct:
-        from .data import TEST_SEED, binarize, load_dataset
+        from .data import TEST_SEED, binarize, load_dataset, load_labels
 
         cfg = model.config
         x = load_dataset(args.dataset, args.data_dir, (cfg.channels, cfg.height, cfg.width)).test
         if cfg.likelihood == "bernoulli":
             x = binarize(x, TEST_SEED)  # the whole test set, so the images are the ones `eval` scores
+        y = load_labels(args.dataset, args.data_dir).test[: args.n] if model.condition else None
         gif, png = animate_reconstructions(model, x[: args.n], out / "reconstruction.gif",
-                                           out / "reconstruction_progression.png", **opts)
+                                           out / "reconstruction_progression.png", y=y, **opts)
         print(f"wrote {gif} (red: write window, green: read window)")
         print(f"wrote {png} (rows: the first {min(args.n, len(x))} test images; columns: glimpses, then the image)")
 
@@ -135,6 +184,42 @@ def cmd_demo(args):
     print(f"wrote {png} (rows: 16 samples; columns: the canvas after glimpses {', '.join(map(str, steps[:3]))}, ..., "
           f"{steps[-1]})")
     print(f"wrote {gif} (one frame per glimpse, write window in red)")
+
+
+def cmd_serve(args):
+    """A local web page that draws with the models glimpse by glimpse (serve.py)."""
+    from .serve import serve
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.model or SHIPPED
+    models = {}
+    for name in names:
+        key = Path(name).resolve().name  # a shipped model's name, or a directory's last component
+        if key in models:
+            raise DrawnetError(f"two models named {key!r}: give directories with different names")
+        models[key] = _load_model(name)
+    serve(models, args.host, args.port)
+
+
+def cmd_agreement(args):
+    """Conditional models: how often a digit classifier agrees with the label or caption an image was drawn from."""
+    from .captions import digit_classifier, held_out_captions, training_captions
+    from .evaluate import captions_agreement, label_agreement
+
+    model = _load_model(args.model)
+    if model.condition is None:
+        raise DrawnetError("agreement needs a label or caption model (an unconditional model was given)")
+    classifier = digit_classifier()
+    if model.condition == "label":
+        per_label = label_agreement(model, classifier, args.per, args.seed)
+        print(f"label agreement over {args.per} images per digit: {per_label.mean().item():.1%} "
+              f"({', '.join(f'{d}: {a:.0%}' for d, a in enumerate(per_label.tolist()))})")
+        return
+    for name, captions in (("held-out", held_out_captions()), ("training", training_captions())):
+        a = captions_agreement(model, captions, classifier, args.per, args.seed, progress=True)
+        print(f"{name} captions ({len(captions)} x {args.per} images): digits {a['digits']:.1%}, "
+              f"positions {a['positions']:.1%}, both {a['both']:.1%}")
 
 
 def cmd_filterbank(args):
@@ -277,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first LIMIT images of each split")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start a new run from this model's weights (same architecture; the label or caption "
+                        "conditioning may differ, e.g. mnist for the mnist-label preset)")
     _add_model_overrides(p)
     p.set_defaults(func=cmd_train)
 
@@ -294,8 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mnist", help=MODEL_HELP)
     p.add_argument("--out", default="samples.png")
     p.add_argument("-n", type=_positive_int, default=64)
-    p.add_argument("--nrow", type=_positive_int, default=8)
+    p.add_argument("--nrow", type=_positive_int,
+                   help="images per row (default 8; 10 for a label model drawing the digits in turn)")
     p.add_argument("--seed", type=int, default=0)
+    _add_condition_flags(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("animate", help="GIF + PNG of the canvas glimpse by glimpse, attention windows drawn")
@@ -309,7 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--columns", type=_positive_int, default=16, help="about this many glimpses in the PNGs")
     p.add_argument("--frame-ms", type=_positive_int, default=100, help="milliseconds per GIF frame")
+    _add_condition_flags(p)
     p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser("serve", help="a local web page: pick a model and watch it draw, glimpse by glimpse")
+    p.add_argument("--model", action="append", help="a shipped model or a model directory; repeat for more "
+                   "(default: every shipped model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("agreement", help="label/caption models: does a digit classifier agree with what was asked?")
+    p.add_argument("--model", required=True, help="a label or caption model directory (or a shipped one)")
+    p.add_argument("--per", type=_positive_int, default=10, help="images per label or caption (default 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_agreement)
 
     p = sub.add_parser("filterbank", help="the paper's figure 3: filterbank windows and the patches they read")
     p.add_argument("--out", default="filterbank.png")

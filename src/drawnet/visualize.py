@@ -52,6 +52,15 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8, scale: int = 2) -> Path
     return path
 
 
+def save_titled_rows(rows, titles, path, scale: int = 2) -> Path:
+    """One row of images ([n, C, H, W] each) per title, the title in a strip below its row."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    strips = [add_caption(grid_array(images, len(images), scale=scale), title) for images, title in zip(rows, titles)]
+    Image.fromarray(np.concatenate(strips, axis=0)).save(path)
+    return path
+
+
 def rgb_tiles(images: torch.Tensor, scale: int = 1) -> np.ndarray:
     """[n, C, H, W] in [0, 1] -> [n, H*scale, W*scale, 3] uint8 (grey images repeated over RGB)."""
     arr = to_uint8(images)
@@ -243,8 +252,10 @@ def _blank(model) -> torch.Tensor:
 
 
 def animate_samples(model, n: int, path_gif, path_png, seed: int = 0, scale: int = 4, columns: int = 16,
-                    progression_scale: int = 2, frame_ms: int = 100, last_ms: int = 2000, nrow: Optional[int] = None):
-    """Generate n images (z_t ~ N(0, I), seeded) and write how they were drawn.
+                    progression_scale: int = 2, frame_ms: int = 100, last_ms: int = 2000, nrow: Optional[int] = None,
+                    y: Optional[torch.Tensor] = None):
+    """Generate n images (z_t ~ N(0, I), seeded; y: a conditional model's labels or captions) and write how
+    they were drawn.
 
     path_gif: T + 1 frames (frame 0 the blank canvas), a grid of the n canvases upscaled `scale` times with
     each glimpse's write window in red. path_png: the progression, one row per sample and one column per
@@ -253,7 +264,8 @@ def animate_samples(model, n: int, path_gif, path_png, seed: int = 0, scale: int
     if not isinstance(n, int) or n < 1:
         raise DrawnetError(f"n must be a positive integer, got {n!r}")
     device = next(model.parameters()).device
-    gen = model.generate(n, generator=torch.Generator(device=device).manual_seed(seed))
+    gen = model.generate(n, generator=torch.Generator(device=device).manual_seed(seed),
+                         y=None if y is None else y.to(device))
     canvases = gen.canvases.detach().cpu()
     windows = _windows_to_draw(model, gen.write_windows)
     gif = save_gif(render_frames(canvases, windows, _blank(model), scale, nrow), path_gif, frame_ms, last_ms)
@@ -264,7 +276,7 @@ def animate_samples(model, n: int, path_gif, path_png, seed: int = 0, scale: int
 
 def animate_reconstructions(model, x: torch.Tensor, path_gif, path_png, seed: int = 0, scale: int = 4,
                             columns: int = 16, progression_scale: int = 2, frame_ms: int = 100,
-                            last_ms: int = 2000, nrow: Optional[int] = None):
+                            last_ms: int = 2000, nrow: Optional[int] = None, y: Optional[torch.Tensor] = None):
     """Run the full model on images x [n, C, H, W] (one seeded trajectory) and write how it redrew them.
 
     As animate_samples, with each glimpse's read window in green as well as its write window in red; the
@@ -275,7 +287,7 @@ def animate_reconstructions(model, x: torch.Tensor, path_gif, path_png, seed: in
     fork = [device.index or 0] if device.type == "cuda" else []
     with torch.no_grad(), torch.random.fork_rng(devices=fork):
         torch.manual_seed(seed)
-        out = model(x.to(device), return_steps=True)
+        out = model(x.to(device), return_steps=True, y=None if y is None else y.to(device))
     canvases = out.canvases.detach().cpu()
     windows = _windows_to_draw(model, out.write_windows, out.read_windows)
     gif = save_gif(render_frames(canvases, windows, _blank(model), scale, nrow), path_gif, frame_ms, last_ms)
