@@ -297,6 +297,10 @@ def test_label_model_trains_samples_animates_and_evaluates(label_run, tmp_path, 
     assert code == 0 and (tmp_path / "threes.png").is_file()
     code, out, _ = run_cli("animate", "--model", label_run, "-n", 3, "--out-dir", tmp_path, "--reconstruct")
     assert code == 0 and (tmp_path / "samples.gif").is_file() and (tmp_path / "reconstruction.gif").is_file()
+    width = Image.open(tmp_path / "samples.gif").width
+    code, out, _ = run_cli("animate", "--model", label_run, "-n", 3, "--out-dir", tmp_path / "half", "--scale", 2,
+                           "--label", 5)
+    assert code == 0 and Image.open(tmp_path / "half" / "samples.gif").width < width
     code, out, _ = run_cli("eval", "--model", label_run, "--limit", 20, "--iw", 2)
     assert code == 0 and "ELBO" in out and "IW, K=2" in out
 

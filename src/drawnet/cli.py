@@ -152,7 +152,7 @@ def cmd_animate(args):
 
     model = _load_model(args.model)
     out = Path(args.out_dir)
-    opts = dict(seed=args.seed, columns=args.columns, frame_ms=args.frame_ms)
+    opts = dict(seed=args.seed, columns=args.columns, frame_ms=args.frame_ms, scale=args.scale)
     y = _condition(model, args.n, args.label, args.caption)
     gif, png = animate_samples(model, args.n, out / "samples.gif", out / "progression.png", y=y, **opts)
     print(f"wrote {gif} ({model.config.T + 1} frames: the blank canvas, then glimpses 1..{model.config.T})")
@@ -399,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--columns", type=_positive_int, default=16, help="about this many glimpses in the PNGs")
     p.add_argument("--frame-ms", type=_positive_int, default=100, help="milliseconds per GIF frame")
+    p.add_argument("--scale", type=_positive_int, default=4, help="GIF pixels per image pixel (default 4)")
     _add_condition_flags(p)
     p.set_defaults(func=cmd_animate)
 
