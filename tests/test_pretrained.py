@@ -7,7 +7,7 @@ import torch
 
 from drawnet import DRAW
 from drawnet.cli import PRETRAINED, SHIPPED
-from drawnet.data import TEST_SEED, binarize, load_dataset, load_labels
+from drawnet.data import TEST_SEED, binarize, load_images_and_labels
 from drawnet.evaluate import elbo
 from drawnet.train import PRESET_DATASETS
 
@@ -32,9 +32,10 @@ def test_shipped_model_matches_readme(name):
     model = DRAW.from_pretrained(PRETRAINED / name)
     cfg = model.config
     dataset = PRESET_DATASETS[name]
+    images, labels = load_images_and_labels(dataset, shape=(cfg.channels, cfg.height, cfg.width))
     # as `drawnet eval --limit 1000` scores them: the first 1,000 test images, binarised with the test seed
-    x = binarize(load_dataset(dataset, shape=(cfg.channels, cfg.height, cfg.width)).test[:1000], TEST_SEED)
-    y = load_labels(dataset).test[:1000] if model.condition else None
+    x = binarize(images.test[:1000], TEST_SEED)
+    y = labels.test[:1000] if model.condition else None
     mean, _ = elbo(model, x, batch_size=500, seed=0, y=y)
     assert abs(mean - readme_bound_on_1000(name)) <= 2.0
     gen = model.generate(4, generator=torch.Generator().manual_seed(0), y=None if y is None else y[:4])

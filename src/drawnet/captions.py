@@ -42,7 +42,10 @@ RELATIONS = {  # two digits: the words, then the (row range, column range) of th
 VOCAB = ("<pad>", "the", "digit", "is", "at", "on", "of", "image", "top", "bottom", "left", "right", "center",
          *map(str, range(10)))
 WORD_IDS = {word: i for i, word in enumerate(VOCAB)}
-EXAMPLES = "e.g. 'the digit 3 is at the top left of the image' or 'the digit 7 is on the left of the digit 1'"
+EXAMPLE_CAPTIONS = ("the digit 3 is at the top left of the image", "the digit 7 is on the left of the digit 1",
+                    "the digit 0 is at the center of the image", "the digit 5 is at the top of the digit 2",
+                    "the digit 8 is at the bottom right of the image", "the digit 4 is on the right of the digit 9")
+EXAMPLES = "e.g. " + " or ".join(repr(c) for c in EXAMPLE_CAPTIONS[:2])  # for error messages
 HELD_OUT_SEED = 2016  # fixes which captions are held out, for good: changing it changes the test split
 # caption_agreement: how far (pixels) a digit may stray beyond its band; the width of the Gaussian that weights a
 # window's ink towards its centre; the share of the best window's weighted ink that a digit's window must hold

@@ -105,14 +105,15 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    from .data import TEST_SEED, binarize, load_dataset, load_labels
+    from .data import TEST_SEED, binarize, load_images_and_labels
     from .evaluate import elbo, iw_bound
     from .model import bits_per_dim
 
     model = _load_model(args.model)
     cfg = model.config
-    x = load_dataset(args.dataset, args.data_dir, (cfg.channels, cfg.height, cfg.width)).test[: args.limit]
-    y = load_labels(args.dataset, args.data_dir).test[: args.limit] if model.condition else None
+    images, labels = load_images_and_labels(args.dataset, args.data_dir, (cfg.channels, cfg.height, cfg.width))
+    x = images.test[: args.limit]
+    y = labels.test[: args.limit] if model.condition else None
     if cfg.likelihood == "bernoulli":
         x = binarize(x, TEST_SEED)
 
@@ -158,13 +159,14 @@ def cmd_animate(args):
     print(f"wrote {gif} ({model.config.T + 1} frames: the blank canvas, then glimpses 1..{model.config.T})")
     print(f"wrote {png} (rows: {args.n} samples; columns: glimpses)")
     if args.reconstruct:
-        from .data import TEST_SEED, binarize, load_dataset, load_labels
+        from .data import TEST_SEED, binarize, load_images_and_labels
 
         cfg = model.config
-        x = load_dataset(args.dataset, args.data_dir, (cfg.channels, cfg.height, cfg.width)).test
+        images, labels = load_images_and_labels(args.dataset, args.data_dir, (cfg.channels, cfg.height, cfg.width))
+        x = images.test
         if cfg.likelihood == "bernoulli":
             x = binarize(x, TEST_SEED)  # the whole test set, so the images are the ones `eval` scores
-        y = load_labels(args.dataset, args.data_dir).test[: args.n] if model.condition else None
+        y = labels.test[: args.n] if model.condition else None
         gif, png = animate_reconstructions(model, x[: args.n], out / "reconstruction.gif",
                                            out / "reconstruction_progression.png", y=y, **opts)
         print(f"wrote {gif} (red: write window, green: read window)")

@@ -413,17 +413,26 @@ def _as_float(x: np.ndarray) -> torch.Tensor:
 
 def load_dataset(name: str, data_dir=None, shape=(1, 28, 28)) -> Splits:
     """Float tensors [n, C, H, W] in [0, 1] for the train, valid and test splits."""
+    return load_images_and_labels(name, data_dir, shape)[0]
+
+
+def load_labels(name: str, data_dir=None) -> Splits:
+    """The int64 labels of every split: digits or classes, or for mnist-captions the captions' word ids."""
+    return _labels(DATASETS[name](data_dir))
+
+
+def load_images_and_labels(name: str, data_dir=None, shape=(1, 28, 28)):
+    """(load_dataset(...), load_labels(...)) from one read of the data set's files."""
     if name not in DATASETS:
         raise DrawnetError(f"unknown data set {name!r}; choose from {', '.join(DATASETS)}")
     if tuple(shape) != SHAPES[name]:
         raise DrawnetError(f"data set {name} has images of shape {list(SHAPES[name])} but the model expects "
                            f"{list(shape)} (channels, height, width)")
     arrays = DATASETS[name](data_dir)
-    return Splits(*(_as_float(arrays[f"{s}_x"]).reshape(-1, *shape) for s in Splits._fields))
+    return Splits(*(_as_float(arrays[f"{s}_x"]).reshape(-1, *shape) for s in Splits._fields)), _labels(arrays)
 
 
-def load_labels(name: str, data_dir=None) -> Splits:
-    arrays = DATASETS[name](data_dir)
+def _labels(arrays: dict) -> Splits:
     return Splits(*(torch.from_numpy(arrays[f"{s}_y"]).long() for s in Splits._fields))
 
 

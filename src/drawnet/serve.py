@@ -27,16 +27,14 @@ from urllib.parse import urlsplit
 
 import torch
 
+# EXAMPLE_CAPTIONS are offered for caption models; the first prefills the caption box
+from .captions import EXAMPLE_CAPTIONS, decode_caption, encode_captions, parse_caption
 from .errors import DrawnetError
 from .visualize import to_uint8, window_line_width, window_rectangle
 
 MAX_BODY = 4096  # bytes in a /api/draw request; a real one is under 300
 MAX_CAPTION = 200  # characters in a caption
 MAX_SEED = 2**31 - 1
-# offered for caption models (the first prefills the caption box); any caption of captions.py's grammar works
-EXAMPLE_CAPTIONS = ("the digit 3 is at the top left of the image", "the digit 7 is on the left of the digit 1",
-                    "the digit 0 is at the center of the image", "the digit 5 is at the top of the digit 2",
-                    "the digit 8 is at the bottom right of the image", "the digit 4 is on the right of the digit 9")
 DISPLAY_SIZE = 336  # frames are shown upscaled by an integer factor to at most this many pixels a side
 PAGE = Path(__file__).with_name("serve.html")
 
@@ -105,8 +103,6 @@ def parse_request(body: bytes, models: dict):
 
 def encode_caption(caption):
     """(word ids [1, MAX_WORDS], the caption's words) for a caption within the size bound and the grammar."""
-    from .captions import decode_caption, encode_captions, parse_caption
-
     if not isinstance(caption, str) or not caption.strip():
         raise DrawnetError("caption must be a non-empty string")
     if len(caption) > MAX_CAPTION:

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state, save_checkpoint
-from .data import VALID_SEED, Splits, binarize, load_dataset, load_labels
+from .data import VALID_SEED, binarize, load_images_and_labels
 from .distributed import World, joined_world
 from .errors import DrawnetError
 from .evaluate import elbo
@@ -217,11 +217,10 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
             raise DrawnetError(f"output directory {out_dir} is not writable: {e.strerror}") from None
 
     with world.main_first():
-        splits = load_dataset(tcfg.dataset, tcfg.data_dir, (cfg.channels, cfg.height, cfg.width))
-        # a conditional model's labels or caption word ids, one per image
-        ys = load_labels(tcfg.dataset, tcfg.data_dir) if model.condition else Splits(None, None, None)
+        splits, ys = load_images_and_labels(tcfg.dataset, tcfg.data_dir, (cfg.channels, cfg.height, cfg.width))
     train_x, valid_x = splits.train[: tcfg.limit], splits.valid[: tcfg.limit]
-    train_y, valid_y = (None, None) if ys.train is None else (ys.train[: tcfg.limit], ys.valid[: tcfg.limit])
+    # a conditional model's labels or caption word ids, one per image
+    train_y, valid_y = (ys.train[: tcfg.limit], ys.valid[: tcfg.limit]) if model.condition else (None, None)
     for split, y in ((train_x, train_y), (valid_x, valid_y)):  # before binarisation (it fails outside [0, 1])
         try:
             model.check_images(split)
