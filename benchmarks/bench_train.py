@@ -8,6 +8,8 @@ Prints training images/s (forward + backward + Adam step on random binary images
 (benchmarks/reference_draw.py: nn.LSTMCell, separate heads, per-step filterbank) at batch 64 and for
 drawnet at several batch sizes, their ratio at batch 64, the time drawnet takes to sample 64 images, and
 drawnet's arithmetic rate as a fraction of this machine's float32 matmul rate, measured in the same run.
+It also trains drawnet with its matrix products in bfloat16 (forward(..., matmul_dtype=torch.bfloat16), the
+`--bf16` training option), which pays on CPUs with bfloat16 instructions (AVX512-BF16, AMX).
 
 Timings are medians over iterations; the reference and drawnet iterations at batch 64 alternate, so a
 change in the machine's load during the run affects both alike. Other processes on the machine slow
@@ -75,8 +77,9 @@ def matmul_gflops(quick: bool) -> dict:
 class Trainer:
     """One model with its Adam optimizer and a fixed batch of random binary images."""
 
-    def __init__(self, name, model, batch, cfg, seed=0):
+    def __init__(self, name, model, batch, cfg, seed=0, matmul_dtype=None):
         self.name, self.model, self.batch = name, model, batch
+        self.kwargs = {"matmul_dtype": matmul_dtype} if matmul_dtype else {}
         gen = torch.Generator().manual_seed(seed)
         self.x = torch.bernoulli(torch.rand(batch, cfg.channels, cfg.height, cfg.width, generator=gen))
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -84,7 +87,7 @@ class Trainer:
 
     def step(self, record=True):
         start = time.perf_counter()
-        out = self.model(self.x)
+        out = self.model(self.x, **self.kwargs)
         loss = out if torch.is_tensor(out) else out.loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,33 +130,40 @@ def main(argv=None):
           f"read {cfg.read_n if cfg.read_attention else '-'} write {cfg.write_n if cfg.write_attention else '-'}; "
           f"{flops / 1e6:.1f} MFLOP per training image (forward MACs per step x T x 3 x 2)")
 
-    # Reference and drawnet at batch 64, alternating iterations.
+    # Reference and drawnet (float32 and bfloat16 products) at batch 64, alternating iterations.
     torch.manual_seed(0)
     drawnet64 = Trainer("drawnet", DRAW(cfg), 64, cfg)
     reference = Trainer("reference", ReferenceDRAW.from_drawnet(drawnet64.model), 64, cfg)
-    for t in (reference, drawnet64):
+    bf16_64 = Trainer("drawnet bf16", DRAW(cfg), 64, cfg, matmul_dtype=torch.bfloat16)
+    for t in (reference, drawnet64, bf16_64):
         t.step(record=False)
     for _ in range(iters):
-        reference.step()
-        drawnet64.step()
+        for t in (reference, drawnet64, bf16_64):
+            t.step()
     ref_rate = reference.images_per_s()
-    print(f"reference  batch {64:4d}: {ref_rate:7.1f} images/s")
-    results = {64: drawnet64.images_per_s()}
-    print(f"drawnet    batch {64:4d}: {results[64]:7.1f} images/s")
+    print(f"reference       batch {64:4d}: {ref_rate:7.1f} images/s")
+    results, bf16_results = {64: drawnet64.images_per_s()}, {64: bf16_64.images_per_s()}
+    print(f"drawnet         batch {64:4d}: {results[64]:7.1f} images/s")
+    print(f"drawnet bf16    batch {64:4d}: {bf16_results[64]:7.1f} images/s")
     for batch in batches:
         if batch == 64:
             continue
-        trainer = Trainer("drawnet", DRAW(cfg), batch, cfg)
-        trainer.step(record=False)
-        for _ in range(iters):
-            trainer.step()
-        results[batch] = trainer.images_per_s()
-        print(f"drawnet    batch {batch:4d}: {results[batch]:7.1f} images/s")
-    print(f"ratio drawnet / reference at batch 64: {results[64] / ref_rate:.2f}x")
+        for name, dtype, rates in (("drawnet", None, results), ("drawnet bf16", torch.bfloat16, bf16_results)):
+            trainer = Trainer(name, DRAW(cfg), batch, cfg, matmul_dtype=dtype)
+            trainer.step(record=False)
+            for _ in range(iters):
+                trainer.step()
+            rates[batch] = trainer.images_per_s()
+            print(f"{name:15s} batch {batch:4d}: {rates[batch]:7.1f} images/s")
+    print(f"ratio drawnet / reference at batch 64: {results[64] / ref_rate:.2f}x float32, "
+          f"{bf16_results[64] / ref_rate:.2f}x bfloat16 products")
     best = max(results, key=results.get)
     gflops = results[best] * flops / 1e9
     print(f"best drawnet batch {best}: {results[best]:.1f} images/s = {gflops:.1f} GFLOP/s "
-          f"= {100 * gflops / peak:.0f}% of the measured matmul rate ({peak:.1f} GFLOP/s)")
+          f"= {100 * gflops / peak:.0f}% of the measured float32 matmul rate ({peak:.1f} GFLOP/s)")
+    best_bf16 = max(bf16_results, key=bf16_results.get)
+    print(f"best drawnet bf16 batch {best_bf16}: {bf16_results[best_bf16]:.1f} images/s "
+          f"({bf16_results[best_bf16] / results[best]:.2f}x float32 at its best batch)")
 
     model = drawnet64.model
     model.generate(64)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from drawnet import DRAW, DrawConfig
+from drawnet import DRAW, DrawConfig, DrawnetError
 from drawnet.attention import filterbank, fused_read, fused_write, read_attention, window_from_params, write_attention
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,6 +265,48 @@ def test_fused_filters_outside_the_image_match_the_plain_ones(B, A):
             assert torch.allclose(u, v, rtol=1e-9, atol=1e-12)
 
 
+# --- bfloat16 products -------------------------------------------------------------------------------------
+
+BF16_CASES = [("mnist", {}), ("mnist-noattn", {}), ("mnist-label", {}),
+              ("mnist-captions", dict(height=28, width=28, caption_size=16, align_size=16))]
+
+
+@pytest.mark.parametrize("preset, overrides", BF16_CASES)
+def test_bfloat16_products_keep_the_loss_and_gradients_to_bfloat16_precision(preset, overrides):
+    """matmul_dtype=bfloat16 rounds the products' inputs and outputs to 8 significant bits and nothing else:
+    loss and gradients stay within a small multiple of that (2^-8 = 0.4 %) of the float32 ones."""
+    cfg = DrawConfig.preset(preset, T=6, **overrides)  # the preset's layer sizes, fewer glimpses
+    torch.manual_seed(0)
+    model = DRAW(cfg)
+    x = binary_images(cfg, 16)
+    y = None
+    if cfg.num_classes:
+        y = torch.arange(16) % cfg.num_classes
+    elif cfg.vocab_size:
+        y = torch.randint(1, cfg.vocab_size, (16, 5))
+    noise = torch.randn(cfg.T, 16, cfg.z_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    runs = []
+    for dtype in (None, torch.bfloat16):
+        out = model(x, noise=noise, y=y, matmul_dtype=dtype)
+        runs.append((out, torch.autograd.grad(out.loss, params)))
+    (out32, grads32), (out16, grads16) = runs
+    assert out16.loss.dtype == torch.float32 and out16.loss.item() != out32.loss.item()  # the products did change
+    assert abs(out16.loss.item() - out32.loss.item()) < 1e-3 * out32.loss.item()
+    for (name, _), g16, g32 in zip(model.named_parameters(), grads16, grads32):
+        assert g16.dtype == torch.float32
+        assert (g16 - g32).norm() < 0.015 * g32.norm() + 1e-6, name
+
+
+def test_bfloat16_products_need_the_fused_path():
+    cfg = DrawConfig.preset("mnist", T=2, enc_size=8, dec_size=8, z_size=2)
+    model = DRAW(cfg)
+    handle = model.encoder.register_forward_hook(lambda *args: None)
+    with pytest.raises(DrawnetError, match="fused path"):
+        model(binary_images(cfg, 2), matmul_dtype=torch.bfloat16)
+    handle.remove()
+
+
 # --- the benchmark runs ------------------------------------------------------------------------------------
 
 def test_benchmark_quick_run_prints_the_ratio():
@@ -275,6 +317,9 @@ def test_benchmark_quick_run_prints_the_ratio():
     lines = result.stdout.splitlines()
     ratio = [line for line in lines if line.startswith("ratio drawnet / reference at batch 64:")]
     assert len(ratio) == 1, result.stdout
-    assert math.isfinite(float(ratio[0].split(":")[1].strip().rstrip("x")))
+    float32, bfloat16 = ratio[0].split(":")[1].split(",")
+    assert float32.endswith("x float32") and bfloat16.endswith("x bfloat16 products")
+    assert all(math.isfinite(float(part.split("x")[0])) for part in (float32, bfloat16))
     assert any(line.startswith("sampling 64 images") for line in lines)
-    assert any("% of the measured matmul rate" in line for line in lines)
+    assert any("% of the measured float32 matmul rate" in line for line in lines)
+    assert any(line.startswith("best drawnet bf16 batch") for line in lines)

@@ -67,8 +67,8 @@ def _nan_on(steps, monkeypatch):
     forward = train_module.DRAW.forward
     calls = {"n": 0}
 
-    def patched(self, x, return_steps=False, noise=None, y=None):
-        out = forward(self, x, return_steps, noise, y)
+    def patched(self, x, *args, **kwargs):
+        out = forward(self, x, *args, **kwargs)
         if self.training:
             calls["n"] += 1
             if calls["n"] in steps:
@@ -158,3 +158,21 @@ def test_warm_start_begins_exactly_where_the_source_model_is():
     with pytest.raises(DrawnetError, match="image size"):
         warm_start(DRAW(DrawConfig.preset("mnist-noattn", height=30, **small)),
                    DRAW(DrawConfig.preset("mnist-noattn", **small)))
+
+
+def test_bfloat16_training_runs_and_the_setting_is_kept_on_resume(tmp_path):
+    from drawnet.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--limit", "128", "--batch-size", "32", "--epochs", "1", "--max-steps", "2",
+            "--matmul-dtype", "bfloat16", "--no-progress", *TINY]
+    assert main(args) == 0
+    assert train_module.saved_train_config(run)["matmul_dtype"] == "bfloat16"
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "4", "--no-progress"]) == 0
+    assert train_module.saved_train_config(run)["matmul_dtype"] == "bfloat16"
+    steps = _steps(run)
+    assert [s for s, _, _ in steps] == [1, 2, 3, 4] and all(float(loss) > 0 for _, loss, _ in steps)
+    model, _, _ = load_training(run)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # only the products were bfloat16
+    with pytest.raises(DrawnetError, match="matmul-dtype"):
+        TrainConfig(matmul_dtype="float16")

@@ -84,7 +84,7 @@ def _parse_bool(text: str) -> bool:
 
 
 TRAIN_FLAGS = ["batch_size", "lr", "lr_decay", "min_lr", "clip", "epochs", "max_minutes", "max_steps",
-               "checkpoint_minutes", "seed", "limit", "threads", "dataset", "data_dir", "init_from"]
+               "checkpoint_minutes", "seed", "limit", "threads", "dataset", "data_dir", "init_from", "matmul_dtype"]
 
 
 def cmd_train(args):
@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first LIMIT images of each split")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--matmul-dtype", choices=["float32", "bfloat16"],
+                   help="precision of the matrix products in training steps (default float32); bfloat16 is "
+                        "faster on CPUs with bfloat16 instructions and keeps the bound within 0.1 nats")
     p.add_argument("--init-from", metavar="MODEL",
                    help="start a new run from this model's weights (same architecture; the label or caption "
                         "conditioning may differ, e.g. mnist for the mnist-label preset)")

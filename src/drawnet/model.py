@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .attention import (Window, filterbank, fused_read, fused_write, grid_window_params, read_attention,
@@ -131,30 +132,81 @@ def lstm_cell(gates: torch.Tensor, c: torch.Tensor):
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
+class _LSTMCell(torch.autograd.Function):
+    """lstm_cell as one autograd node with its backward written out: a handful of whole-tensor operations
+    where autograd would record and replay some twenty small ones per step."""
+
+    @staticmethod
+    def forward(ctx, gates, c):
+        H = c.shape[1]
+        act = torch.sigmoid(gates)  # (i, f, o); the g quarter is overwritten with its tanh
+        torch.tanh(gates[:, 2 * H : 3 * H], out=act[:, 2 * H : 3 * H])
+        i, f, g, o = act.chunk(4, dim=1)
+        c_new = torch.addcmul(f * c, i, g)
+        tanh_c = torch.tanh(c_new)
+        ctx.save_for_backward(act, c, tanh_c)
+        return o * tanh_c, c_new
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_h, d_c_new):
+        act, c, tanh_c = ctx.saved_tensors
+        H = c.shape[1]
+        i, f, g, o = act.chunk(4, dim=1)
+        d_c_total = (d_h * o).mul_(1 - tanh_c.square()).add_(d_c_new)  # through h = o tanh(c_new), and directly
+        d_act = torch.empty_like(act)
+        d_i, d_f, d_g, d_o = d_act.chunk(4, dim=1)
+        torch.mul(d_c_total, g, out=d_i)
+        torch.mul(d_c_total, c, out=d_f)
+        torch.mul(d_c_total, i, out=d_g)
+        torch.mul(d_h, tanh_c, out=d_o)
+        # sigmoid' = s (1 - s) on the i, f, o quarters; tanh' = 1 - g^2 on the g quarter
+        act_sq = act.square()
+        slope = act - act_sq
+        torch.neg(act_sq[:, 2 * H : 3 * H], out=slope[:, 2 * H : 3 * H]).add_(1)
+        return d_act.mul_(slope), d_c_total.mul_(f)
+
+
+def fused_lstm_cell(gates: torch.Tensor, c: torch.Tensor):
+    """lstm_cell (the same maths) as one autograd node."""
+    return _LSTMCell.apply(gates, c)
+
+
 def lstm_step(linear: nn.Linear, inputs: torch.Tensor, c: torch.Tensor):
     """One LSTM step with every input and the previous hidden state in one matmul (inputs end with h)."""
     return lstm_cell(linear(inputs), c)
 
 
 class _WeightGrad:
-    """The gradient of one weight shared by every step, summed in place as the steps' backward passes run:
-    grad += x_t^T g_t is one GEMM with beta = 1, where autograd would compute x_t^T g_t into a new tensor
-    and then add it to a running sum, a second pass over the whole weight per step."""
+    """The gradient of one weight shared by every step, sum_t x_t^T g_t, gathered as the steps' backward
+    passes run. In the weight's own precision each term is one GEMM with beta = 1 into the running sum, where
+    autograd would compute x_t^T g_t into a new tensor and then add it, a second pass over the whole weight per
+    step. With products in a lower precision, which cannot accumulate into a float32 sum in place, the steps'
+    x_t and g_t are kept and multiplied in one GEMM over all the steps once the last step's backward has run."""
 
-    def __init__(self, width: int):
-        self.width, self.sum = width, None
+    def __init__(self, width: int, dtype: torch.dtype):
+        self.width, self.dtype, self.sum, self.xs, self.gs = width, dtype, None, [], []
 
     def add(self, x: torch.Tensor, g: torch.Tensor, weight_node) -> None:
         # A backward pass that does not reach the weight (autograd.grad with respect to the images only)
         # must not leave its terms behind for a later pass through the same graph.
         if weight_node is not None and not _will_run(weight_node):
             return
-        if self.sum is None:
-            self.sum = x.new_zeros(x.shape[1], self.width)
-        self.sum[:, : g.shape[1]].addmm_(x.t(), g)  # the last step's product has only the leading columns
+        if x.dtype == self.dtype:
+            if self.sum is None:
+                self.sum = x.new_zeros(x.shape[1], self.width)
+            self.sum[:, : g.shape[1]].addmm_(x.t(), g)  # the last step's product has only the leading columns
+            return
+        if g.shape[1] < self.width:
+            g = F.pad(g, (0, self.width - g.shape[1]))
+        self.xs.append(x)
+        self.gs.append(g)
 
     def take(self) -> Optional[torch.Tensor]:
         total, self.sum = self.sum, None
+        if self.xs:
+            total = (torch.cat(self.xs).t() @ torch.cat(self.gs)).to(self.dtype)
+            self.xs, self.gs = [], []
         return total
 
 
@@ -181,42 +233,58 @@ class _SharedWeight(torch.autograd.Function):
 
 
 class _StepProduct(torch.autograd.Function):
-    """bias + x @ weight_t for one step, with the weight's gradient going to a _WeightGrad."""
+    """bias + x @ weight_t for one step, with the weight's gradient going to a _WeightGrad. weight_mm is
+    weight_t itself or its copy in a lower precision, in which x and the gradients are multiplied too."""
 
     @staticmethod
-    def forward(ctx, bias, x, weight_t, grad):
-        ctx.save_for_backward(x, weight_t)
+    def forward(ctx, bias, x, weight_t, weight_mm, grad):
+        x_mm = x.to(weight_mm.dtype)
+        ctx.save_for_backward(x_mm, weight_mm)
         ctx.grad, ctx.weight_node, ctx.bias_shape = grad, weight_t.grad_fn, bias.shape
-        return torch.addmm(bias, x, weight_t)
+        return _matmul_plus_bias(bias, x_mm, weight_mm)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        x, weight_t = ctx.saved_tensors
-        ctx.grad.add(x, g, ctx.weight_node)
+        x_mm, weight_mm = ctx.saved_tensors
+        g_mm = g.to(weight_mm.dtype)
+        ctx.grad.add(x_mm, g_mm, ctx.weight_node)
         d_bias = g if len(ctx.bias_shape) == 2 else g.sum(0)
-        return d_bias, g @ weight_t.t(), None, None
+        return d_bias, (g_mm @ weight_mm.t()).to(g.dtype), None, None, None
+
+
+def _matmul_plus_bias(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """bias + x @ weight in bias's dtype; a lower-precision product is rounded once, then the bias added."""
+    if weight.dtype == bias.dtype:
+        return torch.addmm(bias, x, weight)
+    return (x @ weight).to(bias.dtype).add_(bias)
 
 
 class _Projection:
     """The linear map input -> bias + input @ weight_t (weight_t is [in, out]) that every step applies to
-    its new state. When gradients are on, its weight gradient is summed in place over the steps."""
+    its new state. When gradients are on, its weight gradient is summed over the steps in one product.
+    With matmul_dtype (e.g. torch.bfloat16) the products run in that precision, accumulating in float32,
+    while the results, the biases and everything between the products stay in the weights' dtype."""
 
-    def __init__(self, weight_t: torch.Tensor, bias: Optional[torch.Tensor] = None):
+    def __init__(self, weight_t: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                 matmul_dtype: Optional[torch.dtype] = None):
         self.bias = bias
-        self.grad = _WeightGrad(weight_t.shape[1]) if torch.is_grad_enabled() and weight_t.requires_grad else None
+        needs_grad = torch.is_grad_enabled() and weight_t.requires_grad
+        self.grad = _WeightGrad(weight_t.shape[1], weight_t.dtype) if needs_grad else None
         self.weight_t = weight_t if self.grad is None else _SharedWeight.apply(weight_t, self.grad)
+        # cast once per forward, not per step
+        self.weight_mm = self.weight_t.detach().to(matmul_dtype or weight_t.dtype)
 
     def __call__(self, inputs: torch.Tensor, bias: Optional[torch.Tensor] = None,
                  n_out: Optional[int] = None) -> torch.Tensor:
         """The projection of `inputs` (plus `bias` if given, else the stored one); only the first n_out
         outputs if n_out is given (all that the last step needs)."""
-        bias, weight_t = self.bias if bias is None else bias, self.weight_t
+        bias, weight_t, weight_mm = self.bias if bias is None else bias, self.weight_t, self.weight_mm
         if n_out is not None:
-            bias, weight_t = bias[..., :n_out], weight_t[:, :n_out]
+            bias, weight_t, weight_mm = bias[..., :n_out], weight_t[:, :n_out], weight_mm[:, :n_out]
         if self.grad is None:
-            return torch.addmm(bias, inputs, weight_t)
-        return _StepProduct.apply(bias, inputs, weight_t, self.grad)
+            return _matmul_plus_bias(bias, inputs.to(weight_mm.dtype), weight_mm)
+        return _StepProduct.apply(bias, inputs, weight_t, weight_mm, self.grad)
 
 
 class CaptionReader(nn.Module):
@@ -372,18 +440,21 @@ class DRAW(nn.Module):
 
     # --- the recurrence (eq. 3-8) and the loss (eq. 9-12) ---
     def forward(self, x: torch.Tensor, return_steps: bool = False, noise: Optional[torch.Tensor] = None,
-                y: Optional[torch.Tensor] = None) -> DrawOutput:
+                y: Optional[torch.Tensor] = None, matmul_dtype: Optional[torch.dtype] = None) -> DrawOutput:
         """Run the T glimpses on images x and return the loss terms (and, if asked, every step).
 
         noise, [T, batch, z_size], is the posterior noise eps of every step; without it, each step draws its
         own with torch.randn_like. Data-parallel training passes each process its share of the noise a single
         process would draw for the whole batch. y: the labels [batch] or caption word ids [batch, words] of a
-        conditional model (check_condition)."""
+        conditional model (check_condition). matmul_dtype: run the LSTMs' and heads' matrix products in this
+        precision (torch.bfloat16 trains faster on CPUs with bfloat16 instructions); all else stays float32."""
         self.check_images(x)
         self.check_condition(y, x.shape[0])
         if self._layers_are_observed():
+            if matmul_dtype is not None:
+                raise DrawnetError("matmul_dtype needs the fused path, which forward hooks on the layers turn off")
             return self._forward_by_layer(x, return_steps, noise, y)
-        return self._forward_fused(x, return_steps, noise, y)
+        return self._forward_fused(x, return_steps, noise, y, matmul_dtype)
 
     def _layers_are_observed(self) -> bool:
         """True when forward hooks watch the layers: then run them layer by layer so the hooks see every call
@@ -477,7 +548,7 @@ class DRAW(nn.Module):
         Z = self.config.z_size
         return self.decoder.bias + self.decoder.weight[:, Z : Z + self.y_size].t()[y]
 
-    def _decoder_projection(self, dec_const: torch.Tensor, with_encoder: bool) -> _Projection:
+    def _decoder_projection(self, dec_const: torch.Tensor, with_encoder: bool, matmul_dtype=None) -> _Projection:
         """h_dec_t -> [dec_out(h_dec_t) | decoder gates of t+1 (| encoder gates of t+1)]."""
         D, E = self.config.dec_size, self.config.enc_size
         weights = [self.dec_out.weight, self.decoder.weight[:, -D:]]
@@ -485,33 +556,36 @@ class DRAW(nn.Module):
         if with_encoder:  # the encoder's bias comes in through the h_enc projection (see _forward_fused)
             weights.append(self.encoder.weight[:, -D - E : -E])
             biases.append(dec_const.new_zeros(*dec_const.shape[:-1], 4 * E))
-        return _Projection(torch.cat(weights).t(), torch.cat(biases, -1))
+        return _Projection(torch.cat(weights).t(), torch.cat(biases, -1), matmul_dtype)
 
-    def _caption_projection(self) -> Optional[_Projection]:
+    def _caption_projection(self, matmul_dtype=None) -> Optional[_Projection]:
         """s_t -> its share of the decoder gates (caption models)."""
+        if self.condition != "caption":
+            return None
         Z = self.config.z_size
-        return _Projection(self.decoder.weight[:, Z : Z + self.y_size].t()) if self.condition == "caption" else None
+        return _Projection(self.decoder.weight[:, Z : Z + self.y_size].t(), matmul_dtype=matmul_dtype)
 
     def _forward_fused(self, x: torch.Tensor, return_steps: bool, noise: Optional[torch.Tensor] = None,
-                       y: Optional[torch.Tensor] = None) -> DrawOutput:
+                       y: Optional[torch.Tensor] = None, matmul_dtype: Optional[torch.dtype] = None) -> DrawOutput:
         """forward() with the fused projections, read and write; the same maths as _forward_by_layer."""
         cfg = self.config
         n, E, D, Z = x.shape[0], cfg.enc_size, cfg.dec_size, cfg.z_size
         n_out = self.dec_out.out_features
         W_enc_r, W_enc_h_enc = self.encoder.weight[:, : -D - E], self.encoder.weight[:, -E:]
         if cfg.read_attention:
-            from_r = _Projection(W_enc_r.t())
+            from_r = _Projection(W_enc_r.t(), matmul_dtype=matmul_dtype)
             enc_const = self.encoder.bias.expand(n, -1)
         else:  # r_t = [x, x_hat_t]: x's share of the gates, x W_x^T + b, is the same at every step
             W_x, W_x_hat = W_enc_r.chunk(2, dim=1)
-            from_r = _Projection(W_x_hat.t())
+            from_r = _Projection(W_x_hat.t(), matmul_dtype=matmul_dtype)
             enc_const = torch.addmm(self.encoder.bias, x.flatten(1), W_x.t())
         # h_enc_t -> [mu, log sigma | encoder gates of t+1]; the bias of the encoder part carries enc_const.
         from_h_enc = _Projection(torch.cat([self.q.weight, W_enc_h_enc]).t(),
-                                 torch.cat([self.q.bias.expand(n, -1), enc_const], 1))
+                                 torch.cat([self.q.bias.expand(n, -1), enc_const], 1), matmul_dtype)
         dec_const = self._decoder_constant(y)
-        from_h_dec = self._decoder_projection(dec_const, with_encoder=True)
-        from_z, from_s, memory = _Projection(self.decoder.weight[:, :Z].t()), self._caption_projection(), self._memory(y)
+        from_h_dec = self._decoder_projection(dec_const, with_encoder=True, matmul_dtype=matmul_dtype)
+        from_z = _Projection(self.decoder.weight[:, :Z].t(), matmul_dtype=matmul_dtype)
+        from_s, memory = self._caption_projection(matmul_dtype), self._memory(y)
 
         c_enc, h_dec, c_dec = x.new_zeros(n, E), x.new_zeros(n, D), x.new_zeros(n, D)
         canvas = torch.zeros_like(x)
