@@ -54,14 +54,14 @@ def train_flops_per_image(cfg: DrawConfig) -> float:
     return 2.0 * 3 * forward_macs_per_step(cfg) * cfg.T
 
 
-def matmul_gflops(quick: bool) -> dict:
-    """Best float32 GFLOP/s of a few large products and of the products DRAW's training runs."""
+def matmul_gflops(quick: bool, dtype=torch.float32) -> dict:
+    """Best GFLOP/s of a few large products and of the products DRAW's training runs, in dtype."""
     shapes = [(2048, 2048, 2048), (1024, 1024, 1024), (4096, 256, 2083), (4096, 520, 1024), (256, 4096, 1024)]
     if quick:
         shapes = [(512, 512, 512)]
     rates = {}
     for m, k, n in shapes:
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
         a @ b
         reps = max(2, int((1e8 if quick else 3e9) / (2 * m * k * n)))
         times = []
@@ -125,6 +125,8 @@ def main(argv=None):
     rates = matmul_gflops(args.quick)
     peak = max(rates.values())
     print("float32 matmul GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()) + f"; best {peak:.1f}")
+    peak_bf16 = max(matmul_gflops(args.quick, torch.bfloat16).values())
+    print(f"bfloat16 matmul GFLOP/s: best {peak_bf16:.1f}")
     flops = train_flops_per_image(cfg)
     print(f"model: {args.preset} {overrides or ''} T={cfg.T} units={cfg.enc_size} z={cfg.z_size} "
           f"read {cfg.read_n if cfg.read_attention else '-'} write {cfg.write_n if cfg.write_attention else '-'}; "
@@ -162,8 +164,10 @@ def main(argv=None):
     print(f"best drawnet batch {best}: {results[best]:.1f} images/s = {gflops:.1f} GFLOP/s "
           f"= {100 * gflops / peak:.0f}% of the measured float32 matmul rate ({peak:.1f} GFLOP/s)")
     best_bf16 = max(bf16_results, key=bf16_results.get)
+    gflops_bf16 = bf16_results[best_bf16] * flops / 1e9
     print(f"best drawnet bf16 batch {best_bf16}: {bf16_results[best_bf16]:.1f} images/s "
-          f"({bf16_results[best_bf16] / results[best]:.2f}x float32 at its best batch)")
+          f"({bf16_results[best_bf16] / results[best]:.2f}x float32 at its best batch) = {gflops_bf16:.1f} GFLOP/s "
+          f"= {100 * gflops_bf16 / peak_bf16:.0f}% of the measured bfloat16 matmul rate ({peak_bf16:.1f} GFLOP/s)")
 
     model = drawnet64.model
     model.generate(64)

@@ -132,46 +132,6 @@ def lstm_cell(gates: torch.Tensor, c: torch.Tensor):
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-class _LSTMCell(torch.autograd.Function):
-    """lstm_cell as one autograd node with its backward written out: a handful of whole-tensor operations
-    where autograd would record and replay some twenty small ones per step."""
-
-    @staticmethod
-    def forward(ctx, gates, c):
-        H = c.shape[1]
-        act = torch.sigmoid(gates)  # (i, f, o); the g quarter is overwritten with its tanh
-        torch.tanh(gates[:, 2 * H : 3 * H], out=act[:, 2 * H : 3 * H])
-        i, f, g, o = act.chunk(4, dim=1)
-        c_new = torch.addcmul(f * c, i, g)
-        tanh_c = torch.tanh(c_new)
-        ctx.save_for_backward(act, c, tanh_c)
-        return o * tanh_c, c_new
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, d_h, d_c_new):
-        act, c, tanh_c = ctx.saved_tensors
-        H = c.shape[1]
-        i, f, g, o = act.chunk(4, dim=1)
-        d_c_total = (d_h * o).mul_(1 - tanh_c.square()).add_(d_c_new)  # through h = o tanh(c_new), and directly
-        d_act = torch.empty_like(act)
-        d_i, d_f, d_g, d_o = d_act.chunk(4, dim=1)
-        torch.mul(d_c_total, g, out=d_i)
-        torch.mul(d_c_total, c, out=d_f)
-        torch.mul(d_c_total, i, out=d_g)
-        torch.mul(d_h, tanh_c, out=d_o)
-        # sigmoid' = s (1 - s) on the i, f, o quarters; tanh' = 1 - g^2 on the g quarter
-        act_sq = act.square()
-        slope = act - act_sq
-        torch.neg(act_sq[:, 2 * H : 3 * H], out=slope[:, 2 * H : 3 * H]).add_(1)
-        return d_act.mul_(slope), d_c_total.mul_(f)
-
-
-def fused_lstm_cell(gates: torch.Tensor, c: torch.Tensor):
-    """lstm_cell (the same maths) as one autograd node."""
-    return _LSTMCell.apply(gates, c)
-
-
 def lstm_step(linear: nn.Linear, inputs: torch.Tensor, c: torch.Tensor):
     """One LSTM step with every input and the previous hidden state in one matmul (inputs end with h)."""
     return lstm_cell(linear(inputs), c)
@@ -262,7 +222,7 @@ def _matmul_plus_bias(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor)
 
 class _Projection:
     """The linear map input -> bias + input @ weight_t (weight_t is [in, out]) that every step applies to
-    its new state. When gradients are on, its weight gradient is summed over the steps in one product.
+    its new state. When gradients are on, its weight gradient is summed over the steps by a _WeightGrad.
     With matmul_dtype (e.g. torch.bfloat16) the products run in that precision, accumulating in float32,
     while the results, the biases and everything between the products stay in the weights' dtype."""
 
