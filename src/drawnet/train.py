@@ -56,7 +56,7 @@ class TrainConfig:
     threads: Optional[int] = None
     progress: bool = True
     init_from: Optional[str] = None  # a model directory whose weights a new run starts from (warm_start)
-    # precision of the training steps' matrix products: "bfloat16" trains about 1.5-2x faster on CPUs with
+    # precision of the training steps' matrix products: "bfloat16" trains about 1.5-1.8x faster on CPUs with
     # bfloat16 instructions (benchmarks/bench_train.py); the weights, states and validation stay float32
     matmul_dtype: str = "float32"
 
