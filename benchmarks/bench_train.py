@@ -9,7 +9,7 @@ Prints training images/s (forward + backward + Adam step on random binary images
 drawnet at several batch sizes, their ratio at batch 64, the time drawnet takes to sample 64 images, and
 drawnet's arithmetic rate as a fraction of this machine's float32 matmul rate, measured in the same run.
 It also trains drawnet with its matrix products in bfloat16 (forward(..., matmul_dtype=torch.bfloat16), the
-`--bf16` training option), which pays on CPUs with bfloat16 instructions (AVX512-BF16, AMX).
+`drawnet train --matmul-dtype bfloat16`), which pays on CPUs with bfloat16 instructions (AVX512-BF16, AMX).
 
 Timings are medians over iterations; the reference and drawnet iterations at batch 64 alternate, so a
 change in the machine's load during the run affects both alike. Other processes on the machine slow
