@@ -11,6 +11,12 @@ drawnet's arithmetic rate as a fraction of this machine's float32 matmul rate, m
 It also trains drawnet with its matrix products in bfloat16 (forward(..., matmul_dtype=torch.bfloat16), the
 `drawnet train --matmul-dtype bfloat16`), which pays on CPUs with bfloat16 instructions (AVX512-BF16, AMX).
 
+With --procs 2 (the default) it then trains drawnet as `torchrun --nproc_per_node 2 ... --threads 1` does:
+two processes of one thread each, each with half of every batch and gradients averaged over both
+(drawnet.distributed). On a 2-core machine that is drawnet's fastest way to train, because the per-operation
+overhead then runs on both cores. Its rate is compared with the larger of the two matmul rates measured: one
+process with all threads, and the processes' rates summed while they all multiply at once.
+
 Timings are medians over iterations; the reference and drawnet iterations at batch 64 alternate, so a
 change in the machine's load during the run affects both alike. Other processes on the machine slow
 everything down: quiet the machine for numbers worth quoting.
@@ -18,17 +24,22 @@ everything down: quiet the machine for numbers worth quoting.
 import argparse
 import os
 import platform
+import socket
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_draw import ReferenceDRAW  # noqa: E402
 
+from drawnet.distributed import joined_world  # noqa: E402
 from drawnet.model import DRAW, DrawConfig  # noqa: E402
+from drawnet.train import keep_freed_memory  # noqa: E402
 
 
 def forward_macs_per_step(cfg: DrawConfig) -> int:
@@ -77,12 +88,13 @@ def matmul_gflops(quick: bool, dtype=torch.float32) -> dict:
 class Trainer:
     """One model with its Adam optimizer and a fixed batch of random binary images."""
 
-    def __init__(self, name, model, batch, cfg, seed=0, matmul_dtype=None):
+    def __init__(self, name, model, batch, cfg, seed=0, matmul_dtype=None, optimized=None):
+        """optimized: the parameters' owner when model wraps them (DistributedDataParallel)."""
         self.name, self.model, self.batch = name, model, batch
         self.kwargs = {"matmul_dtype": matmul_dtype} if matmul_dtype else {}
         gen = torch.Generator().manual_seed(seed)
         self.x = torch.bernoulli(torch.rand(batch, cfg.channels, cfg.height, cfg.width, generator=gen))
-        self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        self.opt = torch.optim.Adam((optimized or model).parameters(), lr=1e-4)
         self.times = []
 
     def step(self, record=True):
@@ -99,6 +111,46 @@ class Trainer:
         return self.batch / statistics.median(self.times)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _data_parallel_worker(rank, procs, port, cfg, batches, iters, quick, results):
+    """One of `procs` single-thread training processes, set up as torchrun sets up `drawnet train`."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(procs),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    keep_freed_memory()  # as drawnet train does
+    with joined_world() as world:
+        dist.barrier()
+        peak = torch.tensor(max(matmul_gflops(quick).values()))
+        dist.all_reduce(peak)  # every process multiplied at the same time: the machine's rate is the sum
+        rows = {"matmul": peak.item()}
+        for batch in batches:
+            for dtype in (None, torch.bfloat16):
+                torch.manual_seed(0)
+                model = DRAW(cfg)
+                trainer = Trainer("", world.wrap(model), batch // procs, cfg, seed=rank, matmul_dtype=dtype,
+                                  optimized=model)
+                trainer.step(record=False)
+                for _ in range(iters):
+                    trainer.step()
+                rows[batch, dtype] = trainer.batch * procs / statistics.median(trainer.times)
+        if world.is_main:
+            results.put(rows)
+
+
+def data_parallel_rates(procs, cfg, batches, iters, quick) -> dict:
+    """Training images/s of `procs` processes with one thread each at each global batch, with float32
+    (None) and bfloat16 products, and their summed float32 matmul rate ("matmul")."""
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_data_parallel_worker, args=(procs, _free_port(), cfg, batches, iters, quick, results),
+                       nprocs=procs, start_method="spawn")
+    return results.get()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="mnist", choices=["mnist", "mnist-noattn"])
@@ -106,12 +158,15 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="a few iterations only (smoke test)")
     p.add_argument("--batches", default="64,128,256,512", help="drawnet batch sizes to try")
     p.add_argument("--iters", type=int, default=None, help="timed iterations per model (default 8, quick 2)")
+    p.add_argument("--procs", type=int, default=2,
+                   help="also train with this many single-thread processes, as torchrun does (0: skip)")
     p.add_argument("--T", type=int, default=None, help="override the number of glimpses")
     p.add_argument("--units", type=int, default=None, help="override enc_size and dec_size")
     p.add_argument("--z-size", type=int, default=None, help="override z_size")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # as drawnet train does, for both models
     overrides = {k: v for k, v in (("T", args.T), ("enc_size", args.units), ("dec_size", args.units),
                                    ("z_size", args.z_size)) if v is not None}
     cfg = DrawConfig.preset(args.preset, **overrides)
@@ -121,7 +176,7 @@ def main(argv=None):
         batches = batches[:2]
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, malloc keeps freed memory: {kept}")
     rates = matmul_gflops(args.quick)
     peak = max(rates.values())
     print("float32 matmul GFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in rates.items()) + f"; best {peak:.1f}")
@@ -168,6 +223,19 @@ def main(argv=None):
     print(f"best drawnet bf16 batch {best_bf16}: {bf16_results[best_bf16]:.1f} images/s "
           f"({bf16_results[best_bf16] / results[best]:.2f}x float32 at its best batch) = {gflops_bf16:.1f} GFLOP/s "
           f"= {100 * gflops_bf16 / peak_bf16:.0f}% of the measured bfloat16 matmul rate ({peak_bf16:.1f} GFLOP/s)")
+
+    if args.procs > 1:
+        dp_batches = [b for b in batches if b % args.procs == 0 and b > 64]
+        dp = data_parallel_rates(args.procs, cfg, dp_batches, iters, args.quick)
+        print(f"{args.procs} processes x 1 thread, float32 matmul GFLOP/s summed: {dp['matmul']:.1f}")
+        for batch in dp_batches:
+            print(f"drawnet x{args.procs} procs batch {batch:4d}: {dp[batch, None]:7.1f} images/s, "
+                  f"bf16 {dp[batch, torch.bfloat16]:7.1f} images/s")
+        best_dp = max(dp_batches, key=lambda b: dp[b, None])
+        gflops_dp, peak_dp = dp[best_dp, None] * flops / 1e9, max(peak, dp["matmul"])
+        print(f"best drawnet x{args.procs} procs batch {best_dp}: {dp[best_dp, None]:.1f} images/s = "
+              f"{gflops_dp:.1f} GFLOP/s = {100 * gflops_dp / peak_dp:.0f}% of the larger measured float32 matmul "
+              f"rate ({peak_dp:.1f} GFLOP/s)")
 
     model = drawnet64.model
     model.generate(64)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from drawnet import DRAW, DrawConfig, DrawnetError
+from drawnet import model as model_module
 from drawnet.attention import filterbank, fused_read, fused_write, read_attention, window_from_params, write_attention
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +120,25 @@ def test_fused_and_layer_by_layer_paths_agree(preset, overrides):
     if cfg.write_attention:
         for u, v in zip(gen_fast.write_windows, gen_plain.write_windows):
             assert torch.allclose(u, v, rtol=1e-10)
+
+
+def test_latent_terms_summed_in_groups_of_steps_match(monkeypatch):
+    """The KL and log-weight terms are summed over groups of steps; 3 groups of 2 steps and one of 1 here."""
+    cfg = DrawConfig.preset("mnist", T=7, enc_size=16, dec_size=16, z_size=4)
+    model = with_lively_weights(DRAW(cfg).double())
+    x = binary_images(cfg, 5).double()
+    torch.manual_seed(5)
+    whole = model(x)
+    grads = torch.autograd.grad(whole.loss, list(model.parameters()))
+    monkeypatch.setattr(model_module._LatentTerms, "GROUP_NUMBERS", 2 * 5 * cfg.z_size)
+    torch.manual_seed(5)
+    grouped = model(x)
+    torch.manual_seed(5)
+    plain = model._forward_by_layer(x, return_steps=False)
+    for a, b in ((grouped.L_z, plain.L_z), (grouped.log_w, plain.log_w), (grouped.loss, whole.loss)):
+        assert torch.allclose(a, b, rtol=1e-12)
+    for g, h in zip(torch.autograd.grad(grouped.loss, list(model.parameters())), grads):
+        assert torch.allclose(g, h, rtol=1e-10, atol=1e-13)
 
 
 def test_no_grad_and_grad_mode_give_the_same_loss():
