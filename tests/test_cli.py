@@ -68,9 +68,11 @@ def test_train_writes_a_complete_run(trained_run):
     tensors, meta = load_checkpoint(trained_run / "checkpoint.safetensors")
     assert meta["state"]["epoch"] == 1 and meta["state"]["step"] == 4
     assert meta["model_config"] == config
-    # The checkpoint's model weights are the exported model's weights.
+    # The exported model is the checkpoint's average of the weights over the 4 updates.
+    assert meta["state"]["averaged_steps"] == 4
     for k, v in model.state_dict().items():
-        assert torch.equal(tensors[f"model.{k}"], v), k
+        assert torch.equal(tensors[f"average.{k}"], v), k
+    assert any(not torch.equal(tensors[f"model.{k}"], v) for k, v in model.state_dict().items())
 
 
 def test_resume_continues_the_run(run_copy, run_cli):

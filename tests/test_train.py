@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import drawnet.train as train_module
-from drawnet import DrawConfig, DrawnetError
-from drawnet.train import TrainConfig, load_training, train
+from drawnet import DRAW, DrawConfig, DrawnetError
+from drawnet.checkpoint import load_checkpoint
+from drawnet.train import TrainConfig, WeightAverage, load_training, train
 
 TINY = ["--T", "2", "--enc-size", "16", "--dec-size", "16", "--z-size", "4"]
 
@@ -55,6 +56,8 @@ def test_sigkill_and_resume_repeats_the_uninterrupted_run(tmp_path):
     with open(killed / "log.csv") as f, open(full / "log.csv") as g:
         cut = lambda rows: [r.rsplit(",", 1)[0] for r in rows]  # noqa: E731  (wall time differs)
         assert cut(f.read().splitlines()) == cut(g.read().splitlines())
+    for k, v in DRAW.from_pretrained(full).state_dict().items():  # the weight average too
+        assert torch.equal(DRAW.from_pretrained(killed).state_dict()[k], v), k
 
 
 def _tiny_train_config(tmp_path, **kw):
@@ -198,3 +201,30 @@ def test_freed_memory_is_reused_without_page_faults():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) < 100
+
+
+def test_weight_average_warms_up_then_decays():
+    """average += (1 - d_t)(weights - average), d_t = min(decay, (1 + t) / (10 + t)): by hand for one weight."""
+    model = DRAW(DrawConfig.preset("mnist", T=1, enc_size=4, dec_size=4, z_size=2))
+    average = WeightAverage(model, decay=0.2)
+    expected = model.q.bias.detach().clone()
+    for t, value in enumerate([1.0, 2.0, -1.0]):
+        with torch.no_grad():
+            model.q.bias.fill_(value)
+        average.update(model)
+        d = min(0.2, (1 + t) / (10 + t))  # 1/10, 2/11, then the decay 0.2 (below 3/12)
+        expected += (1 - d) * (value - expected)
+        assert torch.allclose(average.model.q.bias, expected)
+    assert average.steps == 3
+    assert not average.model.q.bias.requires_grad
+
+
+def test_no_average_exports_the_trained_weights(tmp_path):
+    model = train(DrawConfig.preset("mnist", T=2, enc_size=8, dec_size=8, z_size=2),
+                  _tiny_train_config(tmp_path, ema=0.0), log=lambda message: None)
+    tensors, meta = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert not any(k.startswith("average.") for k in tensors)
+    for k, v in DRAW.from_pretrained(tmp_path / "run").state_dict().items():
+        assert torch.equal(tensors[f"model.{k}"], v) and torch.equal(model.state_dict()[k], v), k
+    with pytest.raises(DrawnetError, match="ema"):
+        TrainConfig(ema=1.0)

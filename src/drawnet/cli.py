@@ -84,7 +84,8 @@ def _parse_bool(text: str) -> bool:
 
 
 TRAIN_FLAGS = ["batch_size", "lr", "lr_decay", "min_lr", "clip", "epochs", "max_minutes", "max_steps",
-               "checkpoint_minutes", "seed", "limit", "threads", "dataset", "data_dir", "init_from", "matmul_dtype"]
+               "checkpoint_minutes", "seed", "limit", "threads", "dataset", "data_dir", "init_from", "matmul_dtype",
+               "ema"]
 
 
 def cmd_train(args):
@@ -367,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matmul-dtype", choices=["float32", "bfloat16"],
                    help="precision of the matrix products in training steps (default float32); bfloat16 is "
                         "faster on CPUs with bfloat16 instructions and keeps the bound within 0.1 nats")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="decay per step of the moving average of the weights that is validated and saved as the "
+                        "model (default 0.999; 0: the raw weights)")
     p.add_argument("--init-from", metavar="MODEL",
                    help="start a new run from this model's weights (same architecture; the label or caption "
                         "conditioning may differ, e.g. mnist for the mnist-label preset)")

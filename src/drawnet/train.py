@@ -6,6 +6,7 @@ seeded by (seed, epoch) and (seed, step), so a run resumed from a checkpoint con
 uninterrupted run would have. Under torchrun (distributed.py) every process draws them for the whole global
 batch and trains on its shard, so several processes compute what one would.
 """
+import copy
 import csv
 import ctypes
 import dataclasses
@@ -60,6 +61,9 @@ class TrainConfig:
     # precision of the training steps' matrix products: "bfloat16" trains about 1.5-1.8x faster on CPUs with
     # bfloat16 instructions (benchmarks/bench_train.py); the weights, states and validation stay float32
     matmul_dtype: str = "float32"
+    # decay per step of the exponential moving average of the weights that is validated and saved as the model
+    # (Polyak averaging; 0: the raw weights). It smooths out the last updates' noise.
+    ema: float = 0.999
 
     def __post_init__(self):
         for name in ("batch_size", "epochs", "max_steps", "limit", "threads"):
@@ -72,6 +76,8 @@ class TrainConfig:
             if value is not None and not (value > 0 if strict else value >= 0):
                 raise DrawnetError(f"{name.replace('_', '-')} must be {'> 0' if strict else '>= 0'}, got {value}")
 
+        if not 0 <= self.ema < 1:
+            raise DrawnetError(f"ema must be >= 0 and < 1, got {self.ema}")
         if self.matmul_dtype not in MATMUL_DTYPES:
             raise DrawnetError(f"matmul-dtype must be one of {', '.join(MATMUL_DTYPES)}, got {self.matmul_dtype!r}")
 
@@ -90,6 +96,7 @@ class TrainState:
     epoch_L_z: float = 0.0
     wall_time_s: float = 0.0
     history: list = field(default_factory=list)  # one dict per finished epoch
+    averaged_steps: int = 0  # updates in the weight average so far (its warm-up)
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> dict:
@@ -111,12 +118,36 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
     opt.load_state_dict(sd)
 
 
-def save_training(out_dir: Path, model: DRAW, opt, state: TrainState, tcfg: TrainConfig) -> None:
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging), kept in a second model.
+
+    After update t of the average, average <- average + (1 - d_t) (weights - average) with
+    d_t = min(decay, (1 + t) / (10 + t)): the warm-up lets an average started late, or a short run, follow the
+    weights at first instead of staying near where it began."""
+
+    def __init__(self, model: DRAW, decay: float, steps: int = 0):
+        self.model, self.decay, self.steps = copy.deepcopy(model), decay, steps
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: DRAW) -> None:
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - d)
+        self.steps += 1
+
+
+def save_training(out_dir: Path, model: DRAW, opt, state: TrainState, tcfg: TrainConfig,
+                  average: Optional[WeightAverage] = None) -> None:
+    """The checkpoint (weights, optimizer, weight average, state) and the model directory, which holds the
+    averaged weights when there is an average."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     tensors.update(optimizer_tensors(opt))
+    if average is not None:
+        tensors.update({f"average.{k}": v for k, v in average.model.state_dict().items()})
+        state.averaged_steps = average.steps
     meta = {"model_config": model.config.to_dict(), "train_config": asdict(tcfg), "state": asdict(state)}
     save_checkpoint(out_dir / CHECKPOINT_NAME, tensors, meta)
-    model.save_pretrained(out_dir)
+    (model if average is None else average.model).save_pretrained(out_dir)
 
 
 def saved_train_config(out_dir: Path) -> Optional[dict]:
@@ -184,9 +215,10 @@ def _write_csv(path: Path, rows, write_header: bool, mode: str = "a") -> None:
 
 
 def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = False, log=print) -> DRAW:
-    """Train (or resume) a DRAW model; returns it. Writes checkpoint, config.json, model.safetensors,
-    steps.csv (per step) and log.csv / log.json (per epoch) to tcfg.out_dir. Started by torchrun, each
-    process trains on its shard of every batch of tcfg.batch_size images, and rank 0 alone writes and logs."""
+    """Train (or resume) a DRAW model; returns it (its weight average when tcfg.ema > 0). Writes checkpoint,
+    config.json, model.safetensors, steps.csv (per step) and log.csv / log.json (per epoch) to tcfg.out_dir.
+    Started by torchrun, each process trains on its shard of every batch of tcfg.batch_size images, and rank 0
+    alone writes and logs."""
     with joined_world() as world:
         return _train(model_config, tcfg, resume, log if world.is_main else lambda message: None, world)
 
@@ -266,12 +298,21 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
         raise DrawnetError(f"batch size {tcfg.batch_size} is larger than the training set ({len(train_x)})")
 
     model.to(world.device)
+    average = None
+    if tcfg.ema:
+        saved_average = {k[8:]: v for k, v in (tensors or {}).items() if k.startswith("average.")}
+        average = WeightAverage(model, tcfg.ema, state.averaged_steps if saved_average else 0)
+        if saved_average:
+            load_state(average.model, saved_average, out_dir / CHECKPOINT_NAME)
+        elif state.step:
+            log(f"averaging the weights from step {state.step} on")
     ddp_model = world.wrap(model)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr_at(state.epoch))
     if tensors is not None:
         load_optimizer(opt, tensors)
         for group in opt.param_groups:
             group["lr"] = tcfg.lr_at(state.epoch)
+    validated = model if average is None else average.model
     steps_csv, log_csv = out_dir / "steps.csv", out_dir / "log.csv"
     if world.is_main:
         _truncate_csv(steps_csv, "step", state.step)
@@ -294,7 +335,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
 
     def checkpoint():
         state.wall_time_s = wall()
-        save_training(out_dir, model, opt, state, tcfg)
+        save_training(out_dir, model, opt, state, tcfg, average)
 
     def train_step(x, noise, y) -> dict:
         """One Adam update on this rank's shard; a non-finite loss or gradient skips the update and is counted.
@@ -307,6 +348,8 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
         finite = bool(math.isfinite(loss) and torch.isfinite(grad_norm))
         if finite:
             opt.step()
+            if average is not None:
+                average.update(model)
         return {"step": state.step + 1, "epoch": state.epoch, "loss": f"{loss:.4f}", "L_x": f"{loss - L_z:.4f}",
                 "L_z": f"{L_z:.4f}", "grad_norm": f"{grad_norm.item():.3f}", "lr": opt.param_groups[0]["lr"],
                 "finite": finite, "values": (loss, L_z)}
@@ -314,7 +357,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
     def end_of_epoch():
         """Validate and log on rank 0 (the other ranks wait for it at the next step); every rank moves on."""
         if world.is_main:
-            valid_bound = elbo(model, valid_x, batch_size=500, seed=VALID_SEED, y=valid_y)[0]
+            valid_bound = elbo(validated, valid_x, batch_size=500, seed=VALID_SEED, y=valid_y)[0]
             n = max(state.epoch_good, 1)
             record = {"epoch": state.epoch + 1, "step": state.step, "train_loss": round(state.epoch_loss / n, 4),
                       "train_L_z": round(state.epoch_L_z / n, 4), "valid_bound": round(valid_bound, 4),
@@ -381,7 +424,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
                     bar.close()
                     reason = "max steps" if done else "time limit" if timed_out else "signal"
                     log(f"stopped ({reason}) at epoch {state.epoch}, step {state.step}; checkpoint in {out_dir}")
-                    return model
+                    return validated
             bar.close()
             if world.is_main:
                 _write_csv(steps_csv, rows, write_header=False)
@@ -389,7 +432,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
             if world.is_main:
                 checkpoint()
             last_ckpt = time.time()
-        return model
+        return validated
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
