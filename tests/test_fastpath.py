@@ -343,3 +343,5 @@ def test_benchmark_quick_run_prints_the_ratio():
     assert any(line.startswith("sampling 64 images") for line in lines)
     assert any("% of the measured float32 matmul rate" in line for line in lines)
     assert any(line.startswith("best drawnet bf16 batch") for line in lines)
+    two_procs = [line for line in lines if line.startswith("best drawnet x2 procs batch 96:")]
+    assert len(two_procs) == 1 and "% of the larger measured float32 matmul rate" in two_procs[0], result.stdout
