@@ -56,8 +56,9 @@ def test_sigkill_and_resume_repeats_the_uninterrupted_run(tmp_path):
     with open(killed / "log.csv") as f, open(full / "log.csv") as g:
         cut = lambda rows: [r.rsplit(",", 1)[0] for r in rows]  # noqa: E731  (wall time differs)
         assert cut(f.read().splitlines()) == cut(g.read().splitlines())
+    resumed_average = DRAW.from_pretrained(killed).state_dict()
     for k, v in DRAW.from_pretrained(full).state_dict().items():  # the weight average too
-        assert torch.equal(DRAW.from_pretrained(killed).state_dict()[k], v), k
+        assert torch.equal(resumed_average[k], v), k
 
 
 def _tiny_train_config(tmp_path, **kw):

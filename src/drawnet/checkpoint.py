@@ -112,6 +112,11 @@ def save_checkpoint(path: Path, tensors: dict, metadata: dict) -> None:
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"drawnet": json.dumps(metadata)}))
 
 
+def tensors_under(tensors: dict, prefix: str) -> dict:
+    """The checkpoint tensors whose names start with prefix (e.g. "model."), named without it."""
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def load_checkpoint(path: Path):
     """Return (tensors, metadata) of a checkpoint written by save_checkpoint."""
     from safetensors import safe_open

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .attention import Window, filterbank, grid_window_params, read_attention, window_from_params
 from .checkpoint import (CHECKPOINT_NAME, JsonConfig, atomic_write, load_checkpoint, load_state, load_weights,
-                         read_config, save_checkpoint, save_pretrained)
+                         read_config, save_checkpoint, save_pretrained, tensors_under)
 from .data import cluttered_mnist, mnist_arrays
 from .errors import DrawnetError
 from .model import CONFIG_NAME, WEIGHTS_NAME, lstm_step
@@ -233,7 +233,7 @@ def train_classifier(config: Optional[ClassifierConfig], tcfg: ClassifyTrainConf
         if config is not None and config != saved_config:
             raise DrawnetError(f"{out_dir} holds a run of a different model; resume it without model options")
         model = AttentionClassifier(saved_config)
-        load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, ckpt)
+        load_state(model, tensors_under(tensors, "model."), ckpt)
         log(f"resuming {out_dir} at step {state['step']}")
     else:
         if ckpt.is_file():

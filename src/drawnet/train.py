@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state, save_checkpoint, tensors_under
 from .data import VALID_SEED, binarize, load_images_and_labels
 from .distributed import World, joined_world
 from .errors import DrawnetError
@@ -165,7 +165,7 @@ def load_training(out_dir: Path):
         state = TrainState(**meta["state"])
     except (KeyError, TypeError) as e:
         raise DrawnetError(f"{out_dir / CHECKPOINT_NAME} has an invalid header ({e})") from None
-    load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, out_dir / CHECKPOINT_NAME)
+    load_state(model, tensors_under(tensors, "model."), out_dir / CHECKPOINT_NAME)
     return model, tensors, state
 
 
@@ -300,7 +300,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
     model.to(world.device)
     average = None
     if tcfg.ema:
-        saved_average = {k[8:]: v for k, v in (tensors or {}).items() if k.startswith("average.")}
+        saved_average = tensors_under(tensors or {}, "average.")
         average = WeightAverage(model, tcfg.ema, state.averaged_steps if saved_average else 0)
         if saved_average:
             load_state(average.model, saved_average, out_dir / CHECKPOINT_NAME)
