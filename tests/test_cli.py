@@ -16,6 +16,7 @@ from PIL import Image
 from drawnet import DRAW
 from drawnet.checkpoint import load_checkpoint, save_checkpoint
 from drawnet.cli import main
+from drawnet.evaluate import BoundsFile
 
 TINY_MODEL = ["--T", "2", "--enc-size", "32", "--dec-size", "32", "--z-size", "8"]
 TINY_RUN = ["--limit", "256", "--batch-size", "64", "--no-progress"]  # 4 steps per epoch
@@ -121,6 +122,47 @@ def test_eval_prints_a_bound(trained_run, run_cli):
     assert again.strip().splitlines()[-1] == out.strip().splitlines()[-1]
 
 
+def test_eval_continues_an_iw_evaluation_from_its_bounds_file(trained_run, tmp_path, run_cli, one_line_error,
+                                                              monkeypatch):
+    def iw_line(limit, bounds_file, K="3"):
+        code, out, err = run_cli("eval", "--model", trained_run, "--limit", limit, "--iw", K, "--batch-size", "6",
+                                 "--bounds-file", bounds_file)
+        assert code == 0, err
+        return out.strip().splitlines()[-1]
+
+    assert iw_line(8, tmp_path / "part.csv").startswith("test NLL bound (IW, K=3) on 8 images")
+    straight, continued = iw_line(20, tmp_path / "whole.csv"), iw_line(20, tmp_path / "part.csv")
+    assert continued == straight
+    assert (tmp_path / "part.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    assert len(read_csv_after_header(tmp_path / "part.csv")) == 20
+    # Ctrl-C keeps the bounds written so far, and the same command continues from them.
+    appended = []
+    def append_then_interrupt(self, first, bounds):
+        appended.append(first)
+        if len(appended) == 2:
+            raise KeyboardInterrupt
+        original_append(self, first, bounds)
+    original_append = BoundsFile.append
+    monkeypatch.setattr(BoundsFile, "append", append_then_interrupt)
+    code, _, err = run_cli("eval", "--model", trained_run, "--limit", "20", "--iw", "3", "--batch-size", "6",
+                           "--bounds-file", tmp_path / "stopped.csv")
+    assert code == 130 and "the same command continues" in err
+    assert len(read_csv_after_header(tmp_path / "stopped.csv")) == 2  # the first pass: 6 // 3 images
+    monkeypatch.undo()
+    assert iw_line(20, tmp_path / "stopped.csv") == straight
+    # Other settings do not mix with the bounds already there.
+    code, _, err = run_cli("eval", "--model", trained_run, "--limit", "20", "--iw", "4", "--bounds-file",
+                           tmp_path / "part.csv")
+    one_line_error(code, err)
+    assert "holds bounds for" in err
+
+
+def read_csv_after_header(path):
+    with open(path, newline="") as f:
+        next(f)
+        return list(csv.DictReader(f))
+
+
 def test_sample_writes_a_png_grid(trained_run, tmp_path, run_cli):
     path = tmp_path / "out" / "grid.png"
     code, out, err = run_cli("sample", "--model", trained_run, "--out", path, "-n", "6", "--nrow", "3")
@@ -204,6 +246,8 @@ def test_argparse_errors_exit_with_status_2(capsys):
     "train --batch-size 0",
     "train --dataset of the wrong shape",
     "eval --limit 0",
+    "eval --iw 0",
+    "eval --bounds-file without --iw",
     "sample --nrow 0",
 ])
 def test_more_bad_input_is_a_one_line_error(case, trained_run, tmp_path, run_cli, one_line_error):
@@ -215,6 +259,8 @@ def test_more_bad_input_is_a_one_line_error(case, trained_run, tmp_path, run_cli
                                                "--batch-size", "64", "--epochs", "1", "--no-progress", *TINY_MODEL,
                                                "--read-n", "3", "--write-n", "3", "--out", out],
         "eval --limit 0": ["eval", "--model", trained_run, "--limit", "0"],
+        "eval --iw 0": ["eval", "--model", trained_run, "--limit", "5", "--iw", "0"],
+        "eval --bounds-file without --iw": ["eval", "--model", trained_run, "--bounds-file", tmp_path / "b.csv"],
         "sample --nrow 0": ["sample", "--model", trained_run, "--out", tmp_path / "s.png", "--nrow", "0"],
     }[case]
     code, _, err = run_cli(*argv)

@@ -1,5 +1,5 @@
 """Bounds: the ELBO and the importance-weighted bound (IW with K=1 is the ELBO in expectation,
-and the IW bound does not grow with K)."""
+and the IW bound does not grow with K), and IW evaluations that stop and continue."""
 import math
 from types import SimpleNamespace
 
@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from drawnet import DRAW, DrawConfig
-from drawnet.evaluate import elbo, iw_bound, mean_and_stderr, per_image_elbo, per_image_iw
+from drawnet.errors import DrawnetError
+from drawnet.evaluate import (BoundsFile, elbo, iw_bound, mean_and_stderr, model_fingerprint, per_image_elbo,
+                              per_image_iw)
 
 
 class FixedWeights:
@@ -80,3 +82,45 @@ def test_elbo_is_repeatable_and_reports_standard_error():
 def test_iw_rejects_k_below_one():
     with pytest.raises(ValueError):
         per_image_iw(_model_with_posterior_mismatch(), torch.zeros(1, 1, 28, 28), K=0)
+
+
+SETTINGS = {"K": 4, "seed": 3, "dataset": "test", "model": "abc"}
+
+
+def test_stopped_iw_evaluation_continues_to_the_uninterrupted_numbers(tmp_path):
+    model = _model_with_posterior_mismatch()
+    x = torch.rand(10, 1, 28, 28).bernoulli()
+    straight = per_image_iw(model, x, K=4, batch_size=8, seed=3)  # two images per pass
+    bounds_file = BoundsFile(tmp_path / "iw.csv", SETTINGS)
+    first = per_image_iw(model, x[:4], K=4, batch_size=8, seed=3, bounds_file=bounds_file)
+    assert torch.equal(first, straight[:4])
+    # A kill while writing leaves a torn last line: it is dropped and that image evaluated again.
+    with open(tmp_path / "iw.csv", "a") as f:
+        f.write("4,81.2")
+    assert bounds_file.read() == first.tolist()
+    resumed = per_image_iw(model, x, K=4, batch_size=8, seed=3, bounds_file=bounds_file)
+    assert torch.equal(resumed, straight)
+    lines = (tmp_path / "iw.csv").read_text().splitlines()
+    assert lines[1] == "image,bound" and [int(line.split(",")[0]) for line in lines[2:]] == list(range(10))
+    # A finished file answers without evaluating again (another seed would give other numbers), also for fewer
+    # images.
+    assert torch.equal(per_image_iw(model, x[:6], K=4, batch_size=8, seed=99, bounds_file=bounds_file),
+                       straight[:6])
+
+
+def test_bounds_file_refuses_other_settings_and_other_files(tmp_path):
+    BoundsFile(tmp_path / "iw.csv", SETTINGS).read()
+    with pytest.raises(DrawnetError, match="holds bounds for"):
+        BoundsFile(tmp_path / "iw.csv", {**SETTINGS, "K": 5}).read()
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(DrawnetError, match="not a drawnet bounds file"):
+        BoundsFile(tmp_path / "other.csv", SETTINGS).read()
+
+
+def test_model_fingerprint_tells_weights_apart():
+    model = _model_with_posterior_mismatch()
+    before = model_fingerprint(model)
+    assert before == model_fingerprint(_model_with_posterior_mismatch()) and len(before) == 16
+    with torch.no_grad():
+        model.q.bias[0] += 1e-6
+    assert model_fingerprint(model) != before

@@ -107,10 +107,17 @@ def cmd_train(args):
 
 def cmd_eval(args):
     from .data import TEST_SEED, binarize, load_images_and_labels
-    from .evaluate import elbo, iw_bound
+    from .evaluate import BoundsFile, elbo, iw_bound, model_fingerprint
     from .model import bits_per_dim
 
+    if args.bounds_file and not args.iw:
+        raise DrawnetError("--bounds-file keeps IW bounds: give --iw K as well")
     model = _load_model(args.model)
+    bounds_file = None
+    if args.bounds_file:
+        settings = {"K": args.iw, "seed": args.seed, "dataset": args.dataset, "model": model_fingerprint(model)}
+        bounds_file = BoundsFile(args.bounds_file, settings)
+        bounds_file.read()  # refuse a file of other settings now, not after the ELBO
     cfg = model.config
     images, labels = load_images_and_labels(args.dataset, args.data_dir, (cfg.channels, cfg.height, cfg.width))
     x = images.test[: args.limit]
@@ -126,8 +133,16 @@ def cmd_eval(args):
 
     report("ELBO", *elbo(model, x, batch_size=args.batch_size, seed=args.seed, progress=True, y=y))
     if args.iw:
-        report(f"IW, K={args.iw}", *iw_bound(model, x, args.iw, batch_size=args.batch_size, seed=args.seed,
-                                             progress=True, y=y))
+        try:
+            bound = iw_bound(model, x, args.iw, batch_size=args.batch_size, seed=args.seed, progress=True, y=y,
+                             bounds_file=bounds_file)
+        except KeyboardInterrupt:
+            if bounds_file is None:
+                raise
+            print(f"drawnet: stopped; the bounds so far are in {bounds_file.path}, and the same command continues "
+                  "from there", file=sys.stderr)
+            return 130
+        report(f"IW, K={args.iw}", *bound)
 
 
 def cmd_sample(args):
@@ -382,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="mnist", help=f"data set: {data_sets} (default mnist)")
     p.add_argument("--data-dir", help=data_dir_help)
     p.add_argument("--limit", type=int, help="score only the first LIMIT test images")
-    p.add_argument("--iw", type=int, metavar="K", help="also the importance-weighted bound with K samples")
+    p.add_argument("--iw", type=_positive_int, metavar="K", help="also the importance-weighted bound with K samples")
+    p.add_argument("--bounds-file", metavar="CSV", help="with --iw: write each image's IW bound to CSV as it goes; "
+                   "the same command run again continues from where a stopped one got to")
     p.add_argument("--batch-size", type=int, default=500, help="trajectories per forward pass")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_eval)
@@ -447,11 +464,10 @@ def main(argv=None) -> int:
     except SystemExit as e:  # --help, or bad flags (already reported in one line)
         return e.code
     try:
-        args.func(args)
+        return args.func(args) or 0
     except DrawnetError as e:
         print(f"drawnet: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
