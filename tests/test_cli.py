@@ -6,6 +6,7 @@ import math
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -135,21 +136,26 @@ def test_eval_continues_an_iw_evaluation_from_its_bounds_file(trained_run, tmp_p
     assert continued == straight
     assert (tmp_path / "part.csv").read_text() == (tmp_path / "whole.csv").read_text()
     assert len(read_csv_after_header(tmp_path / "part.csv")) == 20
-    # Ctrl-C keeps the bounds written so far, and the same command continues from them.
-    appended = []
-    def append_then_interrupt(self, first, bounds):
-        appended.append(first)
-        if len(appended) == 2:
-            raise KeyboardInterrupt
-        original_append(self, first, bounds)
-    original_append = BoundsFile.append
-    monkeypatch.setattr(BoundsFile, "append", append_then_interrupt)
-    code, _, err = run_cli("eval", "--model", trained_run, "--limit", "20", "--iw", "3", "--batch-size", "6",
-                           "--bounds-file", tmp_path / "stopped.csv")
-    assert code == 130 and "the same command continues" in err
-    assert len(read_csv_after_header(tmp_path / "stopped.csv")) == 2  # the first pass: 6 // 3 images
-    monkeypatch.undo()
-    assert iw_line(20, tmp_path / "stopped.csv") == straight
+    # Ctrl-C or SIGTERM keeps the bounds written so far, and the same command continues from them.
+    for stop in ("Ctrl-C", "SIGTERM"):
+        appended = []
+        def append_then_stop(self, first, bounds):
+            appended.append(first)
+            if len(appended) < 2:
+                original_append(self, first, bounds)
+            elif stop == "Ctrl-C":
+                raise KeyboardInterrupt
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
+        original_append = BoundsFile.append
+        monkeypatch.setattr(BoundsFile, "append", append_then_stop)
+        stopped = tmp_path / f"stopped-{stop}.csv"
+        code, _, err = run_cli("eval", "--model", trained_run, "--limit", "20", "--iw", "3", "--batch-size", "6",
+                               "--bounds-file", stopped)
+        assert code == 130 and "the same command continues" in err
+        assert len(read_csv_after_header(stopped)) == 2  # the first pass: 6 // 3 images
+        monkeypatch.undo()
+        assert iw_line(20, stopped) == straight
     # Other settings do not mix with the bounds already there.
     code, _, err = run_cli("eval", "--model", trained_run, "--limit", "20", "--iw", "4", "--bounds-file",
                            tmp_path / "part.csv")

@@ -117,6 +117,14 @@ def test_bounds_file_refuses_other_settings_and_other_files(tmp_path):
         BoundsFile(tmp_path / "other.csv", SETTINGS).read()
 
 
+def test_bounds_file_has_one_writer_at_a_time(tmp_path):
+    writer = BoundsFile(tmp_path / "iw.csv", SETTINGS)
+    writer.read()
+    assert writer.read() == []  # the writer itself reads again freely
+    with pytest.raises(DrawnetError, match="another evaluation is writing"):
+        BoundsFile(tmp_path / "iw.csv", SETTINGS).read()
+
+
 def test_model_fingerprint_tells_weights_apart():
     model = _model_with_posterior_mismatch()
     before = model_fingerprint(model)

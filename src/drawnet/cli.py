@@ -1,6 +1,7 @@
 """The drawnet command line: train, eval, sample."""
 import argparse
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 
@@ -105,6 +106,10 @@ def cmd_train(args):
     train(model_config, TrainConfig(**settings), resume=args.resume)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_eval(args):
     from .data import TEST_SEED, binarize, load_images_and_labels
     from .evaluate import BoundsFile, elbo, iw_bound, model_fingerprint
@@ -133,6 +138,7 @@ def cmd_eval(args):
 
     report("ELBO", *elbo(model, x, batch_size=args.batch_size, seed=args.seed, progress=True, y=y))
     if args.iw:
+        previous = signal.signal(signal.SIGTERM, _interrupt)  # a job's time running out, or kill
         try:
             bound = iw_bound(model, x, args.iw, batch_size=args.batch_size, seed=args.seed, progress=True, y=y,
                              bounds_file=bounds_file)
@@ -142,6 +148,8 @@ def cmd_eval(args):
             print(f"drawnet: stopped; the bounds so far are in {bounds_file.path}, and the same command continues "
                   "from there", file=sys.stderr)
             return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         report(f"IW, K={args.iw}", *bound)
 
 

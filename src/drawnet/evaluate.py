@@ -1,5 +1,6 @@
 """Test-set bounds on -log p(x) in nats: the ELBO (SPEC.md's L = L_x + L_z) and the importance-weighted
 bound with K whole-trajectory samples."""
+import fcntl
 import hashlib
 import json
 import math
@@ -95,15 +96,25 @@ class BoundsFile:
 
     def __init__(self, path, settings: dict):
         self.path, self.settings = Path(path), settings
+        self._lock = None
 
     def read(self) -> list:
         """The bounds so far, images 0, 1, ... in order; creates the file if there is none. A last line
-        cut short by a kill is dropped, and its image is evaluated again."""
-        if not self.path.exists():
+        cut short by a kill is dropped, and its image is evaluated again. From the first read on, this object
+        holds a lock on the file: a second evaluation appending to it would write some images twice."""
+        if self._lock is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = self.path.open("a")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock.close()
+                self._lock = None
+                raise DrawnetError(f"another evaluation is writing to {self.path}") from None
+        text = self.path.read_text()
+        if not text:
             self.path.write_text(self.HEADER + json.dumps(self.settings) + "\nimage,bound\n")
             return []
-        text = self.path.read_text()
         lines = text.splitlines()
         if not lines or not lines[0].startswith(self.HEADER):
             raise DrawnetError(f"{self.path} is not a drawnet bounds file")
