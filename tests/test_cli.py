@@ -137,6 +137,7 @@ def test_eval_continues_an_iw_evaluation_from_its_bounds_file(trained_run, tmp_p
     assert (tmp_path / "part.csv").read_text() == (tmp_path / "whole.csv").read_text()
     assert len(read_csv_after_header(tmp_path / "part.csv")) == 20
     # Ctrl-C or SIGTERM keeps the bounds written so far, and the same command continues from them.
+    sigterm_handler = signal.getsignal(signal.SIGTERM)
     for stop in ("Ctrl-C", "SIGTERM"):
         appended = []
         def append_then_stop(self, first, bounds):
@@ -155,6 +156,7 @@ def test_eval_continues_an_iw_evaluation_from_its_bounds_file(trained_run, tmp_p
         assert code == 130 and "the same command continues" in err
         assert len(read_csv_after_header(stopped)) == 2  # the first pass: 6 // 3 images
         monkeypatch.undo()
+        assert signal.getsignal(signal.SIGTERM) == sigterm_handler  # eval gives SIGTERM back
         assert iw_line(20, stopped) == straight
     # Other settings do not mix with the bounds already there.
     code, _, err = run_cli("eval", "--model", trained_run, "--limit", "20", "--iw", "4", "--bounds-file",

@@ -1,5 +1,6 @@
 """The drawnet command line: train, eval, sample."""
 import argparse
+import contextlib
 import dataclasses
 import signal
 import sys
@@ -110,6 +111,16 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """Inside, SIGTERM (a job's time running out, or kill) raises KeyboardInterrupt, as Ctrl-C does."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_eval(args):
     from .data import TEST_SEED, binarize, load_images_and_labels
     from .evaluate import BoundsFile, elbo, iw_bound, model_fingerprint
@@ -138,18 +149,16 @@ def cmd_eval(args):
 
     report("ELBO", *elbo(model, x, batch_size=args.batch_size, seed=args.seed, progress=True, y=y))
     if args.iw:
-        previous = signal.signal(signal.SIGTERM, _interrupt)  # a job's time running out, or kill
         try:
-            bound = iw_bound(model, x, args.iw, batch_size=args.batch_size, seed=args.seed, progress=True, y=y,
-                             bounds_file=bounds_file)
+            with _sigterm_as_ctrl_c() if bounds_file else contextlib.nullcontext():
+                bound = iw_bound(model, x, args.iw, batch_size=args.batch_size, seed=args.seed, progress=True, y=y,
+                                 bounds_file=bounds_file)
         except KeyboardInterrupt:
             if bounds_file is None:
                 raise
             print(f"drawnet: stopped; the bounds so far are in {bounds_file.path}, and the same command continues "
                   "from there", file=sys.stderr)
             return 130
-        finally:
-            signal.signal(signal.SIGTERM, previous)
         report(f"IW, K={args.iw}", *bound)
 
 

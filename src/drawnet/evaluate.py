@@ -96,27 +96,27 @@ class BoundsFile:
 
     def __init__(self, path, settings: dict):
         self.path, self.settings = Path(path), settings
-        self._lock = None
+        self._file = None  # held open, and locked, from the first read on
 
     def read(self) -> list:
         """The bounds so far, images 0, 1, ... in order; creates the file if there is none. A last line
         cut short by a kill is dropped, and its image is evaluated again. From the first read on, this object
         holds a lock on the file: a second evaluation appending to it would write some images twice."""
-        if self._lock is None:
+        if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = self.path.open("a")
+            self._file = self.path.open("a")
             try:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                self._lock.close()
-                self._lock = None
+                self._file.close()
+                self._file = None
                 raise DrawnetError(f"another evaluation is writing to {self.path}") from None
         text = self.path.read_text()
         if not text:
             self.path.write_text(self.HEADER + json.dumps(self.settings) + "\nimage,bound\n")
             return []
         lines = text.splitlines()
-        if not lines or not lines[0].startswith(self.HEADER):
+        if not lines[0].startswith(self.HEADER):
             raise DrawnetError(f"{self.path} is not a drawnet bounds file")
         found = json.loads(lines[0][len(self.HEADER):])
         if found != self.settings:
@@ -134,8 +134,9 @@ class BoundsFile:
         return bounds
 
     def append(self, first: int, bounds: list):
-        with self.path.open("a") as f:
-            f.writelines(f"{first + j},{b!r}\n" for j, b in enumerate(bounds))
+        """Adds the bounds of images first, first + 1, ...; call read first."""
+        self._file.writelines(f"{first + j},{b!r}\n" for j, b in enumerate(bounds))
+        self._file.flush()
 
 
 def iw_bound(model: DRAW, x: torch.Tensor, K: int, batch_size: int = 500, seed: int = 0, progress: bool = False,
