@@ -123,7 +123,7 @@ def _data_parallel_worker(rank, procs, port, cfg, batches, iters, quick, results
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     keep_freed_memory()  # as drawnet train does
-    with joined_world() as world:
+    with joined_world("cpu") as world:  # a CPU benchmark, also where CUDA is available
         dist.barrier()
         peak = torch.tensor(max(matmul_gflops(quick).values()))
         dist.all_reduce(peak)  # every process multiplied at the same time: the machine's rate is the sum

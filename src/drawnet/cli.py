@@ -13,6 +13,7 @@ from .errors import DrawnetError
 
 PRETRAINED = Path(__file__).parent / "pretrained"  # the models shipped with the package
 SHIPPED = sorted(p.name for p in PRETRAINED.iterdir() if (p / "config.json").is_file())
+DEVICE_HELP = "cpu or cuda (default: cuda when a GPU is available, else cpu)"
 MODEL_HELP = f"a model directory (config.json + model.safetensors) or a shipped model: {', '.join(SHIPPED)}"
 
 
@@ -87,7 +88,7 @@ def _parse_bool(text: str) -> bool:
 
 TRAIN_FLAGS = ["batch_size", "lr", "lr_decay", "min_lr", "clip", "epochs", "max_minutes", "max_steps",
                "checkpoint_minutes", "seed", "limit", "threads", "dataset", "data_dir", "init_from", "matmul_dtype",
-               "ema"]
+               "ema", "device", "cuda_graph"]
 
 
 def cmd_train(args):
@@ -128,7 +129,10 @@ def cmd_eval(args):
 
     if args.bounds_file and not args.iw:
         raise DrawnetError("--bounds-file keeps IW bounds: give --iw K as well")
-    model = _load_model(args.model)
+    from .distributed import pick_device
+
+    device = pick_device(args.device)
+    model = _load_model(args.model).to(device)
     bounds_file = None
     if args.bounds_file:
         settings = {"K": args.iw, "seed": args.seed, "dataset": args.dataset, "model": model_fingerprint(model)}
@@ -137,9 +141,10 @@ def cmd_eval(args):
     cfg = model.config
     images, labels = load_images_and_labels(args.dataset, args.data_dir, (cfg.channels, cfg.height, cfg.width))
     x = images.test[: args.limit]
-    y = labels.test[: args.limit] if model.condition else None
+    y = labels.test[: args.limit].to(device) if model.condition else None
     if cfg.likelihood == "bernoulli":
         x = binarize(x, TEST_SEED)
+    x = x.to(device)
 
     def report(name, mean, stderr):
         line = f"test NLL bound ({name}) on {len(x)} images: {mean:.2f} +- {stderr:.2f} nats"
@@ -403,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, metavar="DECAY",
                    help="decay per step of the moving average of the weights that is validated and saved as the "
                         "model (default 0.999; 0: the raw weights)")
+    p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--cuda-graph", type=_parse_bool, metavar="{true,false}",
+                   help="on a GPU, replay each step as one captured CUDA graph (default true)")
     p.add_argument("--init-from", metavar="MODEL",
                    help="start a new run from this model's weights (same architecture; the label or caption "
                         "conditioning may differ, e.g. mnist for the mnist-label preset)")
@@ -419,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "the same command run again continues from where a stopped one got to")
     p.add_argument("--batch-size", type=int, default=500, help="trajectories per forward pass")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="write a PNG grid of generated images")

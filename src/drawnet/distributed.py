@@ -13,6 +13,24 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .errors import DrawnetError
+
+
+def pick_device(name=None) -> torch.device:
+    """The device to compute on: name ("cpu", "cuda", "cuda:1", ...), or by default the GPU when CUDA is
+    available and the CPU otherwise."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DrawnetError(f"unknown device {name!r}; give cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DrawnetError(f"device {name} asked for, but CUDA is not available here; give --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise DrawnetError(f"device {name!r} is not supported; give cpu or cuda")
+    return device
+
 
 @dataclass(frozen=True)
 class World:
@@ -67,14 +85,15 @@ class World:
 
 
 @contextmanager
-def joined_world():
-    """This process's World. When torchrun started several (WORLD_SIZE > 1), join their process group for the
-    block: NCCL on GPU number LOCAL_RANK when CUDA is available, gloo on the CPU otherwise."""
+def joined_world(device=None):
+    """This process's World on `device` (pick_device). When torchrun started several (WORLD_SIZE > 1), join
+    their process group for the block: NCCL on GPU number LOCAL_RANK when the device is a GPU, gloo on the
+    CPU otherwise."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
-        yield World()
+        yield World(device=pick_device(device))
         return
-    if torch.cuda.is_available():
+    if pick_device(device).type == "cuda":
         device, backend = torch.device("cuda", int(os.environ["LOCAL_RANK"])), "nccl"
         torch.cuda.set_device(device)
     else:

@@ -64,6 +64,9 @@ class TrainConfig:
     # decay per step of the exponential moving average of the weights that is validated and saved as the model
     # (Polyak averaging; 0: the raw weights). It smooths out the last updates' noise.
     ema: float = 0.999
+    device: Optional[str] = None  # "cpu", "cuda", ...; None: the GPU when CUDA is available
+    # on a GPU, replay each step's forward and backward as one captured CUDA graph (CudaGraphStep)
+    cuda_graph: bool = True
 
     def __post_init__(self):
         for name in ("batch_size", "epochs", "max_steps", "limit", "threads"):
@@ -219,7 +222,7 @@ def train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool = 
     config.json, model.safetensors, steps.csv (per step) and log.csv / log.json (per epoch) to tcfg.out_dir.
     Started by torchrun, each process trains on its shard of every batch of tcfg.batch_size images, and rank 0
     alone writes and logs."""
-    with joined_world() as world:
+    with joined_world(tcfg.device) as world:
         return _train(model_config, tcfg, resume, log if world.is_main else lambda message: None, world)
 
 
@@ -238,6 +241,60 @@ def keep_freed_memory() -> bool:
     # 32 MiB is the largest mmap threshold glibc accepts; below it, blocks come from the heap and are reused.
     settings = ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 64 << 20))
     return all(mallopt(param, value) == 1 for param, value in settings)
+
+
+class GraphMismatch(RuntimeError):
+    """A captured CUDA graph did not reproduce the eager training step."""
+
+
+class CudaGraphStep:
+    """A training step's forward and backward pass, captured once as a CUDA graph and replayed every step.
+
+    On a GPU a DRAW step is thousands of small kernels (T glimpses, forward and backward), and launched one by
+    one from Python the GPU mostly waits for the CPU. A replayed graph launches them all at once. Each call
+    copies the batch and its noise into the graph's input tensors and replays it: the loss terms returned and
+    the gradients are the graph's own tensors, overwritten by every replay, and each call sets the parameters'
+    .grad to them. The optimizer step, clipping and weight average run outside the graph, so a learning rate
+    changed between epochs takes effect. The first replay, on the batch of the capture, must give the loss and
+    gradients that the last eager warm-up pass gave, or the constructor raises GraphMismatch."""
+
+    WARMUP = 3  # eager passes on a side stream before the capture, as torch.cuda.graphs asks
+
+    def __init__(self, model: DRAW, x: torch.Tensor, noise: torch.Tensor, y: Optional[torch.Tensor],
+                 matmul_dtype: Optional[torch.dtype]):
+        self.x, self.noise, self.y = x.clone(), noise.clone(), None if y is None else y.clone()
+        # the fused path directly: forward()'s input checks read values back to the CPU, which a capture forbids
+        run = lambda: model._forward_fused(self.x, False, self.noise, self.y, matmul_dtype)  # noqa: E731
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                model.zero_grad(set_to_none=True)
+                eager = run()
+                eager.loss.backward()
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        expected = [eager.L_x.detach(), eager.L_z.detach()] + [p.grad for p in model.parameters() if p.grad is not None]
+        model.zero_grad(set_to_none=True)  # the capture's backward allocates the .grad tensors it writes
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = run()
+            self.out.loss.backward()
+        self.grads = [(p, p.grad) for p in model.parameters() if p.grad is not None]
+        self.graph.replay()
+        replayed = [self.out.L_x, self.out.L_z] + [grad for _, grad in self.grads]
+        if len(replayed) != len(expected) or not all(torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+                                                     for a, b in zip(replayed, expected)):
+            raise GraphMismatch("the replayed graph's loss or gradients differ from the eager pass's")
+
+    def __call__(self, x: torch.Tensor, noise: torch.Tensor, y: Optional[torch.Tensor]):
+        self.x.copy_(x)
+        self.noise.copy_(noise)
+        if y is not None:
+            self.y.copy_(y)
+        self.graph.replay()
+        for p, grad in self.grads:
+            p.grad = grad
+        return self.out
 
 
 def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, log, world: World) -> DRAW:
@@ -313,6 +370,10 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
         for group in opt.param_groups:
             group["lr"] = tcfg.lr_at(state.epoch)
     validated = model if average is None else average.model
+    # captions pack their words with lengths read back to the CPU, which a graph cannot capture
+    use_graph = world.device.type == "cuda" and world.size == 1 and tcfg.cuda_graph and model.condition != "caption"
+    graphed = None
+    valid_batch = 500 if world.device.type == "cpu" else 5000  # a GPU runs the whole set in few passes
     steps_csv, log_csv = out_dir / "steps.csv", out_dir / "log.csv"
     if world.is_main:
         _truncate_csv(steps_csv, "step", state.step)
@@ -322,7 +383,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
             _write_csv(log_csv, [], write_header=True)
     log(f"{cfg} | {model.num_parameters():,} parameters | {len(train_x)} training images, "
         f"batch {tcfg.batch_size}{f' over {world.size} processes' if world.size > 1 else ''}, "
-        f"{steps_per_epoch} steps/epoch")
+        f"{steps_per_epoch} steps/epoch, on {world.device}{' (CUDA graphs)' if use_graph else ''}")
 
     stop = {"signal": None}
     def _on_signal(signum, _frame):  # finish the step, checkpoint, exit
@@ -340,9 +401,20 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
     def train_step(x, noise, y) -> dict:
         """One Adam update on this rank's shard; a non-finite loss or gradient skips the update and is counted.
         The loss and gradients are those of the global batch (averaged over ranks), so all ranks agree."""
-        out = ddp_model(x, noise=noise, y=y, matmul_dtype=MATMUL_DTYPES[tcfg.matmul_dtype])
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        nonlocal graphed, use_graph
+        if use_graph and graphed is None:
+            try:
+                graphed = CudaGraphStep(model, x, noise, y, MATMUL_DTYPES[tcfg.matmul_dtype])
+            except RuntimeError as e:  # a capture that fails or computes something else: train op by op
+                log(f"CUDA graph not used ({str(e).splitlines()[0]}); training op by op")
+                use_graph = False
+                model.zero_grad(set_to_none=True)
+        if use_graph:
+            out = graphed(x, noise, y)
+        else:
+            out = ddp_model(x, noise=noise, y=y, matmul_dtype=MATMUL_DTYPES[tcfg.matmul_dtype])
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
         loss, L_z = world.mean(out.loss, out.L_z.mean())
         finite = bool(math.isfinite(loss) and torch.isfinite(grad_norm))
@@ -357,7 +429,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
     def end_of_epoch():
         """Validate and log on rank 0 (the other ranks wait for it at the next step); every rank moves on."""
         if world.is_main:
-            valid_bound = elbo(validated, valid_x, batch_size=500, seed=VALID_SEED, y=valid_y)[0]
+            valid_bound = elbo(validated, valid_x, batch_size=valid_batch, seed=VALID_SEED, y=valid_y)[0]
             n = max(state.epoch_good, 1)
             record = {"epoch": state.epoch + 1, "step": state.step, "train_loss": round(state.epoch_loss / n, 4),
                       "train_L_z": round(state.epoch_L_z / n, 4), "valid_bound": round(valid_bound, 4),
