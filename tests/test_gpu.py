@@ -1,7 +1,7 @@
 """Choosing the device, and training on a GPU with each step replayed as a CUDA graph.
 
-The device choice and its errors run everywhere; the tests marked `cuda` run only where CUDA is available
-(this project's CI has no GPU: they were run on a lent H200, see the README's GPU section)."""
+The device choice and its errors run everywhere; the tests marked `cuda` run only where CUDA is available.
+This project's CI has no GPU, and no GPU has run them yet (the README's GPU section)."""
 import pytest
 import torch
 

@@ -408,7 +408,6 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
             except RuntimeError as e:  # a capture that fails or computes something else: train op by op
                 log(f"CUDA graph not used ({str(e).splitlines()[0]}); training op by op")
                 use_graph = False
-                model.zero_grad(set_to_none=True)
         if use_graph:
             out = graphed(x, noise, y)
         else:
