@@ -13,6 +13,7 @@ from drawnet.visualize import (
     WRITE_COLOUR,
     animate_reconstructions,
     animate_samples,
+    curve_limits,
     filterbank_figure,
     glimpse_columns,
     grid_array,
@@ -198,6 +199,14 @@ def test_models_without_attention_animate(tmp_path):
 def test_save_grid_still_works(tmp_path):
     path = save_grid(torch.rand(5, 1, 28, 28), tmp_path / "g.png", nrow=4)
     assert Image.open(path).size == (4 * (56 + 2) + 2, 2 * (56 + 2) + 2)
+
+
+def test_curve_limits_show_the_late_epochs_of_every_run():
+    def history(*bounds):
+        return [{"epoch": i + 1, "valid_bound": b, "wall_time_s": 60.0 * (i + 1)} for i, b in enumerate(bounds)]
+
+    runs = {"attention": history(188.8, 95.0, 84.2, 83.9), "no attention": history(116.0, 90.0, 87.6)}
+    assert curve_limits(runs) == pytest.approx((82.9, 97.6))
 
 
 # --- the filterbank figure ---

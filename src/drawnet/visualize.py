@@ -394,6 +394,15 @@ def filterbank_figure(image: torch.Tensor, path, settings=None, N: int = 12, gri
     return path
 
 
+def curve_limits(runs: dict) -> tuple:
+    """The bound axis of the training curves: from 1 nat under the best bound to 10 nats over the worst final
+    one, so that the late epochs, where runs differ by tenths of a nat, are not squeezed flat by the first
+    epochs' bounds (which can be 100 nats higher)."""
+    bounds = [r["valid_bound"] for history in runs.values() for r in history]
+    finals = [history[-1]["valid_bound"] for history in runs.values()]
+    return min(bounds) - 1, max(finals) + 10
+
+
 def plot_training_curves(runs: dict, path) -> Path:
     """Validation bound against epochs and against wall time, one line per run.
 
@@ -414,6 +423,7 @@ def plot_training_curves(runs: dict, path) -> Path:
         by_time.plot(hours, bound, marker="o", ms=3, label=label)
     by_epoch.set(xlabel="epoch", ylabel="validation bound (nats, lower is better)")
     by_time.set(xlabel="wall time (hours, this machine's CPU)")
+    by_epoch.set_ylim(*curve_limits(runs))
     for ax in (by_epoch, by_time):
         ax.grid(alpha=0.3)
     by_epoch.legend()
