@@ -24,9 +24,9 @@ everything down: quiet the machine for numbers worth quoting.
 import argparse
 import os
 import platform
-import socket
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,19 +111,12 @@ class Trainer:
         return self.batch / statistics.median(self.times)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _data_parallel_worker(rank, procs, port, cfg, batches, iters, quick, results):
+def _data_parallel_worker(rank, procs, rendezvous, cfg, batches, iters, quick, results):
     """One of `procs` single-thread training processes, set up as torchrun sets up `drawnet train`."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(procs),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(procs))
     torch.set_num_threads(1)
     keep_freed_memory()  # as drawnet train does
-    with joined_world("cpu") as world:  # a CPU benchmark, also where CUDA is available
+    with joined_world("cpu", init_method=f"file://{rendezvous}") as world:  # a CPU benchmark, also where CUDA is available
         dist.barrier()
         peak = torch.tensor(max(matmul_gflops(quick).values()))
         dist.all_reduce(peak)  # every process multiplied at the same time: the machine's rate is the sum
@@ -146,9 +139,12 @@ def data_parallel_rates(procs, cfg, batches, iters, quick) -> dict:
     """Training images/s of `procs` processes with one thread each at each global batch, with float32
     (None) and bfloat16 products, and their summed float32 matmul rate ("matmul")."""
     results = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_data_parallel_worker, args=(procs, _free_port(), cfg, batches, iters, quick, results),
-                       nprocs=procs, start_method="spawn")
-    return results.get()
+    # The processes meet through a file: a free port looked up beforehand could be taken before they bind it.
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.start_processes(_data_parallel_worker,
+                           args=(procs, f"{tmp}/rendezvous", cfg, batches, iters, quick, results),
+                           nprocs=procs, start_method="spawn")
+        return results.get()
 
 
 def main(argv=None):

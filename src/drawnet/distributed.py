@@ -85,10 +85,11 @@ class World:
 
 
 @contextmanager
-def joined_world(device=None):
+def joined_world(device=None, init_method=None):
     """This process's World on `device` (pick_device). When torchrun started several (WORLD_SIZE > 1), join
     their process group for the block: NCCL on GPU number LOCAL_RANK when the device is a GPU, gloo on the
-    CPU otherwise."""
+    CPU otherwise. init_method: where the processes meet (torch.distributed's URL); by default torchrun's
+    MASTER_ADDR and MASTER_PORT."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         yield World(device=pick_device(device))
@@ -98,7 +99,7 @@ def joined_world(device=None):
         torch.cuda.set_device(device)
     else:
         device, backend = torch.device("cpu"), "gloo"
-    dist.init_process_group(backend)
+    dist.init_process_group(backend, init_method=init_method, rank=int(os.environ["RANK"]), world_size=size)
     try:
         yield World(dist.get_rank(), size, device)
     finally:
