@@ -17,7 +17,7 @@ from PIL import Image
 from drawnet import DRAW
 from drawnet.checkpoint import load_checkpoint, save_checkpoint
 from drawnet.cli import main
-from drawnet.evaluate import BoundsFile
+from drawnet.evaluate import BoundsFile, mean_and_stderr
 
 TINY_MODEL = ["--T", "2", "--enc-size", "32", "--dec-size", "32", "--z-size", "8"]
 TINY_RUN = ["--limit", "256", "--batch-size", "64", "--no-progress"]  # 4 steps per epoch
@@ -151,10 +151,15 @@ def test_eval_continues_an_iw_evaluation_from_its_bounds_file(trained_run, tmp_p
         original_append = BoundsFile.append
         monkeypatch.setattr(BoundsFile, "append", append_then_stop)
         stopped = tmp_path / f"stopped-{stop}.csv"
-        code, _, err = run_cli("eval", "--model", trained_run, "--limit", "20", "--iw", "3", "--batch-size", "6",
-                               "--bounds-file", stopped)
+        code, out, err = run_cli("eval", "--model", trained_run, "--limit", "20", "--iw", "3", "--batch-size", "6",
+                                 "--bounds-file", stopped)
         assert code == 130 and "the same command continues" in err
-        assert len(read_csv_after_header(stopped)) == 2  # the first pass: 6 // 3 images
+        kept = [float(row["bound"]) for row in read_csv_after_header(stopped)]
+        assert len(kept) == 2  # the first pass: 6 // 3 images
+        # It reports the bound over the images it finished.
+        mean, stderr = mean_and_stderr(torch.tensor(kept))
+        assert out.strip().splitlines()[-1] == (f"test NLL bound (IW, K=3) on the first 2 of 20 images: "
+                                                f"{mean:.2f} +- {stderr:.2f} nats")
         monkeypatch.undo()
         assert signal.getsignal(signal.SIGTERM) == sigterm_handler  # eval gives SIGTERM back
         assert iw_line(20, stopped) == straight

@@ -124,7 +124,7 @@ def _sigterm_as_ctrl_c():
 
 def cmd_eval(args):
     from .data import TEST_SEED, binarize, load_images_and_labels
-    from .evaluate import BoundsFile, elbo, iw_bound, model_fingerprint
+    from .evaluate import BoundsFile, elbo, iw_bound, mean_and_stderr, model_fingerprint
     from .model import bits_per_dim
 
     if args.bounds_file and not args.iw:
@@ -146,8 +146,8 @@ def cmd_eval(args):
         x = binarize(x, TEST_SEED)
     x = x.to(device)
 
-    def report(name, mean, stderr):
-        line = f"test NLL bound ({name}) on {len(x)} images: {mean:.2f} +- {stderr:.2f} nats"
+    def report(name, mean, stderr, images=f"{len(x)} images"):
+        line = f"test NLL bound ({name}) on {images}: {mean:.2f} +- {stderr:.2f} nats"
         if cfg.likelihood != "bernoulli":
             line += f" ({bits_per_dim(mean, cfg):.3f} bits/dim)"
         print(line, flush=True)
@@ -161,6 +161,10 @@ def cmd_eval(args):
         except KeyboardInterrupt:
             if bounds_file is None:
                 raise
+            done = bounds_file.read()
+            if done:
+                report(f"IW, K={args.iw}", *mean_and_stderr(torch.tensor(done)),
+                       images=f"the first {len(done)} of {len(x)} images")
             print(f"drawnet: stopped; the bounds so far are in {bounds_file.path}, and the same command continues "
                   "from there", file=sys.stderr)
             return 130
