@@ -1,4 +1,5 @@
 """The models shipped in the package load, draw, and score what the README says they score."""
+import json
 import re
 from pathlib import Path
 
@@ -8,19 +9,25 @@ import torch
 from drawnet import DRAW
 from drawnet.cli import PRETRAINED, SHIPPED
 from drawnet.data import TEST_SEED, binarize, load_images_and_labels
-from drawnet.evaluate import elbo
+from drawnet.evaluate import BoundsFile, elbo, mean_and_stderr, model_fingerprint
 from drawnet.train import PRESET_DATASETS
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def readme_cell(name: str, column: int) -> str:
+    """A cell of the model's row in the README's shipped-models table."""
+    for line in README.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == f"`{name}`" and len(cells) >= 8:
+            return cells[column]
+    raise AssertionError(f"no row for {name} in the README's shipped-models table")
 
 
 def readme_bound_on_1000(name: str) -> float:
-    """The 'test ELBO, first 1,000' cell of the model's row in the README's shipped-models table."""
-    for line in README.read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells and cells[0] == f"`{name}`" and len(cells) >= 6:
-            return float(re.match(r"[\d.]+", cells[5]).group())
-    raise AssertionError(f"no row for {name} in the README's shipped-models table")
+    """The 'test ELBO, first 1,000' cell."""
+    return float(re.match(r"[\d.]+", readme_cell(name, 5)).group())
 
 
 def test_every_preset_with_a_data_set_ships_a_model():
@@ -40,3 +47,21 @@ def test_shipped_model_matches_readme(name):
     assert abs(mean - readme_bound_on_1000(name)) <= 2.0
     gen = model.generate(4, generator=torch.Generator().manual_seed(0), y=None if y is None else y[:4])
     assert gen.images.shape == (4, cfg.channels, cfg.height, cfg.width) and torch.isfinite(gen.images).all()
+
+
+@pytest.mark.parametrize("name", ["mnist", "mnist-noattn"])
+def test_readme_iw1000_is_the_committed_bounds_of_the_shipped_model(name):
+    """The 'IW bound (K=1000), 10,000 images' cell is the mean +- standard error over the per-image bounds that
+    `drawnet eval --iw 1000 --bounds-file` left in checkpoints/NAME for the shipped weights; an evaluation
+    still going says over how many of the first images."""
+    cell = re.fullmatch(r"([\d.]+) \+- ([\d.]+) nats(?: on the first ([\d,]+))?", readme_cell(name, 7))
+    assert cell, f"{name}'s K=1000 cell: {readme_cell(name, 7)!r}"
+    images = int(cell[3].replace(",", "")) if cell[3] else 10_000
+    settings = {"K": 1000, "seed": 0, "dataset": "mnist",
+                "model": model_fingerprint(DRAW.from_pretrained(PRETRAINED / name))}
+    [path] = [p for p in (ROOT / "checkpoints" / name).glob("*.csv")
+              if p.read_text().startswith(BoundsFile.HEADER + json.dumps(settings) + "\n")]
+    bounds = [float(line.split(",")[1]) for line in path.read_text().splitlines()[2:]]
+    assert len(bounds) >= images
+    mean, stderr = mean_and_stderr(torch.tensor(bounds[:images]))
+    assert (f"{mean:.2f}", f"{stderr:.2f}") == (cell[1], cell[2])
