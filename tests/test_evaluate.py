@@ -123,6 +123,12 @@ def test_bounds_file_has_one_writer_at_a_time(tmp_path):
     assert writer.read() == []  # the writer itself reads again freely
     with pytest.raises(DrawnetError, match="another evaluation is writing"):
         BoundsFile(tmp_path / "iw.csv", SETTINGS).read()
+    writer.close()
+    with BoundsFile(tmp_path / "iw.csv", SETTINGS) as next_writer:
+        assert next_writer.read() == []
+        with pytest.raises(DrawnetError, match="another evaluation is writing"):
+            writer.read()
+    assert writer.read() == []  # leaving the with released the file
 
 
 def test_model_fingerprint_tells_weights_apart():

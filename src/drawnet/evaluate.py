@@ -138,6 +138,18 @@ class BoundsFile:
         self._file.writelines(f"{first + j},{b!r}\n" for j, b in enumerate(bounds))
         self._file.flush()
 
+    def close(self):
+        """Releases the lock and the file; a later read takes them again."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
 def iw_bound(model: DRAW, x: torch.Tensor, K: int, batch_size: int = 500, seed: int = 0, progress: bool = False,
              y=None, bounds_file: Optional[BoundsFile] = None):
