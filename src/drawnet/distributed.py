@@ -102,5 +102,7 @@ def joined_world(device=None, init_method=None):
     dist.init_process_group(backend, init_method=init_method, rank=int(os.environ["RANK"]), world_size=size)
     try:
         yield World(dist.get_rank(), size, device)
+        # tear the group down together: a gloo rank that destroys it while a peer still talks to it can abort
+        dist.barrier()
     finally:
         dist.destroy_process_group()
