@@ -3,6 +3,7 @@ the `drawnet classify` commands end to end on tiny settings."""
 import csv
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
+from drawnet.checkpoint import load_checkpoint, save_checkpoint
 from drawnet.classify import (CHUNK, AttentionClassifier, ClassifierConfig, ClassifyTrainConfig, error_rate,
                               fixed_set, train_classifier)
 from drawnet.cli import main
@@ -132,6 +134,18 @@ def test_cli_train_writes_a_run(cli_run):
     assert (config["height"], config["width"], config["T"], config["read_n"]) == (40, 40, 2, 12)
     (row,) = read_csv(cli_run / "log.csv")
     assert (row["epoch"], row["step"]) == ("1", "2") and 0 <= float(row["valid_error"]) <= 1
+
+
+def test_cli_resume_drops_the_last_invocations_time_limit(cli_run, run_cli, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run, run)
+    tensors, meta = load_checkpoint(run / "checkpoint.safetensors")
+    meta["train_config"]["max_minutes"] = 0.0  # as if started with --max-minutes 0
+    save_checkpoint(run / "checkpoint.safetensors", tensors, meta)
+    code, out, err = run_cli("classify", "train", "--out", run, "--resume", "--epochs", "2", "--no-progress")
+    assert code == 0, err
+    assert "time limit" not in out
+    assert [row["epoch"] for row in read_csv(run / "log.csv")] == ["1", "2"]
 
 
 def test_cli_test_prints_the_error_in_percent(cli_run, run_cli):

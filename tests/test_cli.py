@@ -98,6 +98,22 @@ def test_resume_continues_the_run(run_copy, run_cli):
     assert len(read_csv(run_copy / "log.csv")) == 2 and len(read_csv(run_copy / "steps.csv")) == 8
 
 
+def test_a_time_limit_bounds_one_invocation_not_the_resumed_run(run_copy, run_cli):
+    # As if the run had been started with --max-minutes 0: each invocation stops at its first step's check.
+    tensors, meta = load_checkpoint(run_copy / "checkpoint.safetensors")
+    meta["train_config"]["max_minutes"] = 0.0
+    save_checkpoint(run_copy / "checkpoint.safetensors", tensors, meta)
+    code, out, err = run_cli("train", *TINY_RUN, "--epochs", "2", "--out", run_copy, "--resume")
+    assert code == 0, err
+    assert "time limit" not in out
+    _, meta = load_checkpoint(run_copy / "checkpoint.safetensors")
+    assert meta["state"]["epoch"] == 2 and meta["train_config"]["max_minutes"] is None
+    # A limit given now still applies, and to this invocation only.
+    code, out, err = run_cli("train", *TINY_RUN, "--epochs", "3", "--out", run_copy, "--resume", "--max-minutes", "0")
+    assert code == 0, err
+    assert "stopped (time limit) at epoch 2, step 9" in out
+
+
 def test_resumed_run_equals_uninterrupted_run(run_copy, tmp_path, run_cli):
     """train.py promises that a resumed run continues exactly as the uninterrupted one."""
     code, _, err = run_cli("train", *TINY_RUN, "--epochs", "2", *TINY_MODEL, "--out", tmp_path / "straight")

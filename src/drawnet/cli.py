@@ -86,13 +86,20 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _resumed_settings(saved: dict) -> dict:
+    """A resumed run's saved settings less max_minutes: that budget counts from the start of one invocation, so
+    a run it stopped would otherwise stop again after as long on every resume, short of its --epochs."""
+    return {k: v for k, v in saved.items() if k != "max_minutes"}
+
+
 TRAIN_FLAGS = ["batch_size", "lr", "lr_decay", "min_lr", "clip", "epochs", "max_minutes", "max_steps",
                "checkpoint_minutes", "seed", "limit", "threads", "dataset", "data_dir", "init_from", "matmul_dtype",
                "ema", "device", "cuda_graph"]
 
 
 def cmd_train(args):
-    """Start a run, or resume one: a resumed run keeps its saved settings except the flags given now."""
+    """Start a run, or resume one: a resumed run keeps its saved settings (but --max-minutes) except the flags
+    given now."""
     from .model import DrawConfig
     from .train import PRESET_DATASETS, TrainConfig, saved_train_config, train
 
@@ -100,7 +107,8 @@ def cmd_train(args):
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(DrawConfig) if getattr(args, f.name) is not None}
     saved = saved_train_config(out_dir) if args.resume else None
     model_config = None if saved is not None and not overrides else DrawConfig.preset(args.preset, **overrides)
-    settings = dict(saved or {"dataset": PRESET_DATASETS.get(args.preset, args.preset)})
+    new_run = {"dataset": PRESET_DATASETS.get(args.preset, args.preset)}
+    settings = _resumed_settings(saved) if saved is not None else new_run
     settings.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     settings.update(out_dir=out_dir, progress=not args.no_progress)
     if args.init_from:
@@ -297,13 +305,14 @@ CLASSIFY_TRAIN_FLAGS = ["batch_size", "lr", "lr_decay", "clip", "epochs", "max_m
 
 
 def cmd_classify_train(args):
-    """Train the cluttered MNIST classifier, or resume a run: a resumed run keeps its saved settings except the
-    flags given now."""
+    """Train the cluttered MNIST classifier, or resume a run: a resumed run keeps its saved settings (but
+    --max-minutes) except the flags given now."""
     from .classify import ClassifierConfig, ClassifyTrainConfig, saved_settings, train_classifier
 
     shape = {k: v for k, v in (("T", args.glimpses), ("height", args.size), ("width", args.size)) if v is not None}
     config = ClassifierConfig(**shape) if shape else None
-    settings = (saved_settings(args.out) or {}) if args.resume else {}
+    saved = saved_settings(args.out) if args.resume else None
+    settings = _resumed_settings(saved) if saved is not None else {}
     settings.update({k: getattr(args, k) for k in CLASSIFY_TRAIN_FLAGS if getattr(args, k) is not None})
     settings.update(out_dir=args.out, progress=not args.no_progress)
     train_classifier(config, ClassifyTrainConfig(**settings), resume=args.resume)
