@@ -92,10 +92,16 @@ def test_resume_continues_the_run(run_copy, run_cli):
     assert [h["epoch"] for h in json.loads((run_copy / "log.json").read_text())] == [1, 2]
     _, meta = load_checkpoint(run_copy / "checkpoint.safetensors")
     assert meta["state"]["epoch"] == 2 and meta["state"]["step"] == 8
-    # Resuming a finished run does nothing more.
-    code, _, _ = run_cli("train", *TINY_RUN, "--epochs", "2", "--out", run_copy, "--resume")
-    assert code == 0
-    assert len(read_csv(run_copy / "log.csv")) == 2 and len(read_csv(run_copy / "steps.csv")) == 8
+    # Resuming a finished run, or one at its --max-steps, trains no more, but writes the model directory, which
+    # git does not keep (checkpoints/ holds only the checkpoints).
+    exported = (run_copy / "model.safetensors").read_bytes()
+    for flags in (["--epochs", "2"], ["--epochs", "3", "--max-steps", "8"]):
+        (run_copy / "model.safetensors").unlink()
+        code, _, err = run_cli("train", *TINY_RUN, *flags, "--out", run_copy, "--resume")
+        assert code == 0, err
+        assert len(read_csv(run_copy / "log.csv")) == 2 and len(read_csv(run_copy / "steps.csv")) == 8
+        assert load_checkpoint(run_copy / "checkpoint.safetensors")[1]["state"]["step"] == 8
+        assert (run_copy / "model.safetensors").read_bytes() == exported
 
 
 def test_a_time_limit_bounds_one_invocation_not_the_resumed_run(run_copy, run_cli):

@@ -442,9 +442,16 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
         for group in opt.param_groups:
             group["lr"] = tcfg.lr_at(state.epoch)
 
+    def finished() -> bool:
+        return state.epoch >= tcfg.epochs or (tcfg.max_steps is not None and state.step >= tcfg.max_steps)
+
+    if finished() and world.is_main:
+        # git keeps a run's checkpoint but not the model directory it exports: a resume with nothing left to do
+        # writes that, so a cloned run can be evaluated without training on
+        validated.save_pretrained(out_dir)
     bad_in_a_row = 0
     try:
-        while state.epoch < tcfg.epochs:
+        while not finished():
             perm = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(tcfg.seed * 100003 + state.epoch))
             bar = tqdm(range(state.epoch_step, steps_per_epoch), desc=f"epoch {state.epoch + 1}",
                        initial=state.epoch_step, total=steps_per_epoch, dynamic_ncols=True, leave=False,
