@@ -442,8 +442,11 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
         for group in opt.param_groups:
             group["lr"] = tcfg.lr_at(state.epoch)
 
+    def reached_max_steps() -> bool:
+        return tcfg.max_steps is not None and state.step >= tcfg.max_steps
+
     def finished() -> bool:
-        return state.epoch >= tcfg.epochs or (tcfg.max_steps is not None and state.step >= tcfg.max_steps)
+        return state.epoch >= tcfg.epochs or reached_max_steps()
 
     if finished() and world.is_main:
         # git keeps a run's checkpoint but not the model directory it exports: a resume with nothing left to do
@@ -488,7 +491,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
                                            "(try a lower --lr or --clip)")
                 rows.append(row)
                 bar.set_postfix(loss=f"{loss:.2f}", KL=f"{L_z:.2f}")
-                done = tcfg.max_steps is not None and state.step >= tcfg.max_steps
+                done = reached_max_steps()
                 timed_out, signalled = world.anywhere(
                     tcfg.max_minutes is not None and wall() - start_wall >= 60 * tcfg.max_minutes,
                     stop["signal"] is not None)
