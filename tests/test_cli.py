@@ -17,7 +17,7 @@ from PIL import Image
 from drawnet import DRAW
 from drawnet.checkpoint import load_checkpoint, save_checkpoint
 from drawnet.cli import main
-from drawnet.evaluate import BoundsFile, mean_and_stderr
+from drawnet.evaluate import BoundsFile, elbo, iw_bound, mean_and_stderr
 
 TINY_MODEL = ["--T", "2", "--enc-size", "32", "--dec-size", "32", "--z-size", "8"]
 TINY_RUN = ["--limit", "256", "--batch-size", "64", "--no-progress"]  # 4 steps per epoch
@@ -143,6 +143,26 @@ def test_eval_prints_a_bound(trained_run, run_cli):
     # Seeded: the same command prints the same line.
     _, again, _ = run_cli("eval", "--model", trained_run, "--limit", "100", "--batch-size", "50")
     assert again.strip().splitlines()[-1] == out.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("split, seed", [("train", 2), ("valid", 1), ("test", 0)])
+def test_eval_scores_the_split_asked_for_binarised_with_its_seed(trained_run, mnist, run_cli, tmp_path, split, seed,
+                                                                 one_line_error):
+    code, out, err = run_cli("eval", "--model", trained_run, "--split", split, "--limit", "30", "--iw", "2",
+                             "--bounds-file", tmp_path / "b.csv")
+    assert code == 0, err
+    elbo_line, iw_line = out.strip().splitlines()[-2:]
+    model = DRAW.from_pretrained(trained_run)
+    x = torch.bernoulli(getattr(mnist, split)[:30], generator=torch.Generator().manual_seed(seed))
+    assert elbo_line == "{} NLL bound (ELBO) on 30 images: {:.2f} +- {:.2f} nats".format(split, *elbo(model, x))
+    assert iw_line == "{} NLL bound (IW, K=2) on 30 images: {:.2f} +- {:.2f} nats".format(split,
+                                                                                         *iw_bound(model, x, 2))
+    # A bounds file remembers its split: another split's evaluation does not continue it.
+    other = "valid" if split != "valid" else "train"
+    code, _, err = run_cli("eval", "--model", trained_run, "--split", other, "--limit", "30", "--iw", "2",
+                           "--bounds-file", tmp_path / "b.csv")
+    one_line_error(code, err)
+    assert "holds bounds for" in err
 
 
 def test_eval_continues_an_iw_evaluation_from_its_bounds_file(trained_run, tmp_path, run_cli, one_line_error,

@@ -131,7 +131,7 @@ def _sigterm_as_ctrl_c():
 
 
 def cmd_eval(args):
-    from .data import TEST_SEED, binarize, load_images_and_labels
+    from .data import SPLIT_SEEDS, binarize, load_images_and_labels
     from .evaluate import BoundsFile, elbo, iw_bound, mean_and_stderr, model_fingerprint
     from .model import bits_per_dim
 
@@ -144,18 +144,20 @@ def cmd_eval(args):
     bounds_file = None
     if args.bounds_file:
         settings = {"K": args.iw, "seed": args.seed, "dataset": args.dataset, "model": model_fingerprint(model)}
+        if args.split != "test":  # files of test bounds, written before --split, keep their header
+            settings["split"] = args.split
         bounds_file = BoundsFile(args.bounds_file, settings)
         bounds_file.read()  # refuse a file of other settings now, not after the ELBO
     cfg = model.config
     images, labels = load_images_and_labels(args.dataset, args.data_dir, (cfg.channels, cfg.height, cfg.width))
-    x = images.test[: args.limit]
-    y = labels.test[: args.limit].to(device) if model.condition else None
+    x = getattr(images, args.split)[: args.limit]
+    y = getattr(labels, args.split)[: args.limit].to(device) if model.condition else None
     if cfg.likelihood == "bernoulli":
-        x = binarize(x, TEST_SEED)
+        x = binarize(x, SPLIT_SEEDS[args.split])
     x = x.to(device)
 
     def report(name, mean, stderr, images=f"{len(x)} images"):
-        line = f"test NLL bound ({name}) on {images}: {mean:.2f} +- {stderr:.2f} nats"
+        line = f"{args.split} NLL bound ({name}) on {images}: {mean:.2f} +- {stderr:.2f} nats"
         if cfg.likelihood != "bernoulli":
             line += f" ({bits_per_dim(mean, cfg):.3f} bits/dim)"
         print(line, flush=True)
@@ -430,11 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_overrides(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="test-set NLL bound in nats")
+    p = sub.add_parser("eval", help="test-set (or --split) NLL bound in nats")
     p.add_argument("--model", default="mnist", help=MODEL_HELP)
     p.add_argument("--dataset", default="mnist", help=f"data set: {data_sets} (default mnist)")
     p.add_argument("--data-dir", help=data_dir_help)
-    p.add_argument("--limit", type=int, help="score only the first LIMIT test images")
+    p.add_argument("--split", choices=("train", "valid", "test"), default="test",
+                   help="the images to score (default test); binary data sets binarise each split once, "
+                   "with its own seed")
+    p.add_argument("--limit", type=int, help="score only the first LIMIT images of the split")
     p.add_argument("--iw", type=_positive_int, metavar="K", help="also the importance-weighted bound with K samples")
     p.add_argument("--bounds-file", metavar="CSV", help="with --iw: write each image's IW bound to CSV as it goes; "
                    "the same command run again continues from where a stopped one got to")
