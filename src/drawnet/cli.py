@@ -382,7 +382,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
+    from .data import DATASETS, SPLIT_SEEDS
     from .model import PRESETS
 
     data_sets = ", ".join(DATASETS)
@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mnist", help=MODEL_HELP)
     p.add_argument("--dataset", default="mnist", help=f"data set: {data_sets} (default mnist)")
     p.add_argument("--data-dir", help=data_dir_help)
-    p.add_argument("--split", choices=("train", "valid", "test"), default="test",
+    p.add_argument("--split", choices=tuple(SPLIT_SEEDS), default="test",
                    help="the images to score (default test); binary data sets binarise each split once, "
                    "with its own seed")
     p.add_argument("--limit", type=int, help="score only the first LIMIT images of the split")
