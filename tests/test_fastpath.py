@@ -345,3 +345,25 @@ def test_benchmark_quick_run_prints_the_ratio():
     assert any(line.startswith("best drawnet bf16 batch") for line in lines)
     two_procs = [line for line in lines if line.startswith("best drawnet x2 procs batch 96:")]
     assert len(two_procs) == 1 and "% of the larger measured float32 matmul rate" in two_procs[0], result.stdout
+
+
+def test_encoder_only_run_trains_the_inference_network_alone(tiny_config, mnist, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("encoder_only", ROOT / "benchmarks" / "encoder_only.py")
+    encoder_only = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(encoder_only)
+    start = DRAW(tiny_config("mnist"))
+    start.save_pretrained(tmp_path)
+    trained = encoder_only.main(["--model", str(tmp_path), "--epochs", "2", "--train", "256", "--valid", "64",
+                                 "--batch-size", "64", "--lr", "1e-2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{tmp_path}: validation bound ") and len(lines) == 3
+    assert lines[2].startswith("epoch 2: training loss ") and "validation bound" in lines[2]
+    before, after = start.state_dict(), trained.state_dict()
+    for name in ("decoder.weight", "decoder.bias"):
+        assert torch.equal(before[name], after[name]), name
+    emitted_by_decoder = start.write_size + start.n_write_params
+    for name in ("dec_out.weight", "dec_out.bias"):
+        assert torch.equal(before[name][:emitted_by_decoder], after[name][:emitted_by_decoder]), name
+        assert not torch.equal(before[name][emitted_by_decoder:], after[name][emitted_by_decoder:]), name
+    for name in ("encoder.weight", "q.weight", "q.bias"):
+        assert not torch.equal(before[name], after[name]), name
