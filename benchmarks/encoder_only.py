@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from drawnet.cli import _model_dir
+from drawnet.cli import _load_model
 from drawnet.data import VALID_SEED, binarize, load_dataset
 from drawnet.evaluate import elbo
 from drawnet.model import DRAW
@@ -44,7 +44,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = DRAW.from_pretrained(_model_dir(args.model))
+    model = _load_model(args.model)
     splits = load_dataset("mnist")
     train_x, valid_x = splits.train[: args.train], binarize(splits.valid[: args.valid], VALID_SEED)
     params, read_rows = freeze_generative_model(model)
