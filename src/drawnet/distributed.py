@@ -5,6 +5,7 @@ WORLD_SIZE in their environment. Every copy holds the whole model; at each step 
 shard of the global batch and DistributedDataParallel averages the gradients, so each update is the one a
 single process would make on the whole batch. Rank 0 alone writes files and talks to the user.
 """
+import gc
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -102,6 +103,11 @@ def joined_world(device=None, init_method=None):
     dist.init_process_group(backend, init_method=init_method, rank=int(os.environ["RANK"]), world_size=size)
     try:
         yield World(dist.get_rank(), size, device)
+        # DistributedDataParallel sits in a reference cycle, so the wrapper World.wrap made outlives the block
+        # until the next collection. Left to the one at interpreter shutdown, its gloo work is freed when threads
+        # can no longer take the GIL, and the process aborts ("terminate called without an active exception",
+        # pytorch/pytorch#179291). Free it while the group and the interpreter are up.
+        gc.collect()
         # tear the group down together: a gloo rank that destroys it while a peer still talks to it can abort
         dist.barrier()
     finally:
