@@ -99,6 +99,19 @@ def test_two_processes_train_as_one_and_resume_after_sigterm(tmp_path, run_cli):
     assert _rank_output(first, 1).replace(gloo_teardown_abort, "") == "" and _rank_output(second, 1) == ""
 
 
+def test_two_processes_train_the_importance_weighted_bound_as_one(tmp_path, run_cli):
+    args = ["train", *TINY, "--iw-samples", "3", "--max-steps", "6", "--no-progress"]
+    code, _, err = run_cli(*args, "--out", tmp_path / "single")
+    assert code == 0, err
+    result = subprocess.run(_torchrun(tmp_path / "logs", *args, "--out", tmp_path / "ddp"),
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # each rank's images come with their own K trajectories' noise, so the steps are those of one process
+    single, ddp = _rows(tmp_path / "single" / "steps.csv"), _rows(tmp_path / "ddp" / "steps.csv")
+    assert [r["step"] for r in ddp] == [str(s) for s in range(1, 7)]
+    _assert_same_log(ddp, single, ["loss", "L_x", "L_z", "grad_norm"])
+
+
 def test_the_joined_world_frees_its_data_parallel_model_before_the_group_goes(tmp_path):
     # DistributedDataParallel sits in a reference cycle; with collection off, only joined_world can free it
     script = tmp_path / "wrap.py"

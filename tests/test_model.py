@@ -11,7 +11,7 @@ from drawnet import DRAW, PRESETS, DrawConfig, DrawnetError
 from drawnet.attention import Window, filterbank, read_attention, window_from_params, write_attention
 from drawnet.data import binarize
 from drawnet.captions import VOCAB
-from drawnet.model import CONFIG_NAME, WEIGHTS_NAME, bits_per_dim
+from drawnet.model import CONFIG_NAME, WEIGHTS_NAME, bits_per_dim, iw_loss
 
 
 def images_for(cfg: DrawConfig, n: int, seed: int = 0) -> torch.Tensor:
@@ -293,6 +293,17 @@ def test_given_noise_is_the_noise_forward_draws(tiny_config):
 
 
 # --- the loss terms ---------------------------------------------------------------------------------
+
+def test_iw_loss_is_minus_the_log_mean_weight_with_normalised_weights_as_gradient():
+    # two images, K = 2: weights (1, 3) and (e^-1, e^-1)
+    log_w = torch.tensor([0.0, math.log(3.0), -1.0, -1.0], requires_grad=True)
+    loss = iw_loss(log_w, 2)
+    assert loss.item() == pytest.approx((-math.log(2.0) + 1.0) / 2)
+    loss.backward()
+    # d loss / d log w_k = -(w_k / sum_j w_j) / images
+    assert torch.allclose(log_w.grad, torch.tensor([-0.125, -0.375, -0.25, -0.25]))
+    assert iw_loss(log_w, 1).item() == pytest.approx(-log_w.mean().item())  # K = 1: the ELBO's estimate
+
 
 def test_closed_form_gaussian_kl_matches_torch():
     gen = torch.Generator().manual_seed(0)

@@ -14,6 +14,7 @@ import torch
 import drawnet.train as train_module
 from drawnet import DRAW, DrawConfig, DrawnetError
 from drawnet.checkpoint import load_checkpoint
+from drawnet.model import iw_loss
 from drawnet.train import TrainConfig, WeightAverage, load_training, train
 
 TINY = ["--T", "2", "--enc-size", "16", "--dec-size", "16", "--z-size", "4"]
@@ -229,3 +230,27 @@ def test_no_average_exports_the_trained_weights(tmp_path):
         assert torch.equal(tensors[f"model.{k}"], v) and torch.equal(model.state_dict()[k], v), k
     with pytest.raises(DrawnetError, match="ema"):
         TrainConfig(ema=1.0)
+
+
+def test_iw_training_steps_down_the_importance_weighted_bound(tmp_path, mnist):
+    cfg, K, lr = DrawConfig.preset("mnist", T=2, enc_size=8, dec_size=8, z_size=2), 3, 1e-3
+    trained = train(cfg, _tiny_train_config(tmp_path, iw_samples=K, max_steps=1, ema=0.0, lr=lr), log=lambda m: None)
+    # step 1 by hand: the run's initial weights, batch, binarisation and noise (K trajectories per image)
+    torch.manual_seed(0)
+    model = DRAW(cfg)
+    perm = torch.randperm(128, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    x = torch.bernoulli(mnist.train[:128][perm[:32]])
+    noise = torch.stack([torch.randn(32 * K, cfg.z_size) for _ in range(cfg.T)])
+    out = model(x.repeat_interleave(K, 0), noise=noise)
+    bound = iw_loss(out.log_w, K)
+    assert float(_steps(tmp_path / "run")[0][1]) == pytest.approx(bound.item(), abs=1e-4)
+    assert bound < -out.log_w.mean()  # tighter than the ELBO of the same trajectories
+    bound.backward()
+    # Adam's first step moves each weight by lr against the sign of its gradient: the bound's gradient
+    for (name, before), after in zip(model.named_parameters(), trained.parameters()):
+        clear = before.grad.abs() > 1e-4
+        torch.testing.assert_close(after.detach()[clear], (before - lr * before.grad.sign()).detach()[clear],
+                                   msg=name)
+    with pytest.raises(DrawnetError, match="iw-samples"):
+        TrainConfig(iw_samples=0)

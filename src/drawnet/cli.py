@@ -94,7 +94,7 @@ def _resumed_settings(saved: dict) -> dict:
 
 TRAIN_FLAGS = ["batch_size", "lr", "lr_decay", "min_lr", "clip", "epochs", "max_minutes", "max_steps",
                "checkpoint_minutes", "seed", "limit", "threads", "dataset", "data_dir", "init_from", "matmul_dtype",
-               "ema", "device", "cuda_graph"]
+               "ema", "device", "cuda_graph", "iw_samples"]
 
 
 def cmd_train(args):
@@ -426,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--cuda-graph", type=_parse_bool, metavar="{true,false}",
                    help="on a GPU, replay each step as one captured CUDA graph (default true)")
+    p.add_argument("--iw-samples", type=int, metavar="K",
+                   help="train on the importance-weighted bound with K trajectories per image (default 1: the "
+                        "ELBO); each step runs batch size x K trajectories")
     p.add_argument("--init-from", metavar="MODEL",
                    help="start a new run from this model's weights (same architecture; the label or caption "
                         "conditioning may differ, e.g. mnist for the mnist-label preset)")

@@ -118,6 +118,12 @@ class DrawOutput(NamedTuple):
     write_windows: Optional[Window] = None  # fields [T, batch]
 
 
+def iw_loss(log_w: torch.Tensor, K: int) -> torch.Tensor:
+    """The importance-weighted bound -log (1/K) sum_k w_k averaged over images (Burda et al. 2016, eq. 8), from
+    log_w [images * K] holding each image's K trajectories next to each other. K = 1 gives the ELBO."""
+    return (math.log(K) - torch.logsumexp(log_w.view(-1, K), dim=1)).mean()
+
+
 class Generation(NamedTuple):
     images: torch.Tensor  # [n, C, H, W] mean of D(X | c_T)
     canvases: torch.Tensor  # [T, n, C, H, W] mean image after each glimpse

@@ -26,7 +26,7 @@ from .data import VALID_SEED, binarize, load_images_and_labels
 from .distributed import World, joined_world
 from .errors import DrawnetError
 from .evaluate import elbo
-from .model import DRAW, DrawConfig
+from .model import DRAW, DrawConfig, iw_loss
 
 PRESET_DATASETS = {"mnist": "mnist", "mnist-noattn": "mnist", "mnist-label": "mnist", "mnist-captions": "mnist-captions",
                    "two-digit-mnist": "two-digit-mnist"}
@@ -67,9 +67,11 @@ class TrainConfig:
     device: Optional[str] = None  # "cpu", "cuda", ...; None: the GPU when CUDA is available
     # on a GPU, replay each step's forward and backward as one captured CUDA graph (CudaGraphStep)
     cuda_graph: bool = True
+    # K > 1: minimise the importance-weighted bound with K trajectories per image instead of the ELBO (K = 1)
+    iw_samples: int = 1
 
     def __post_init__(self):
-        for name in ("batch_size", "epochs", "max_steps", "limit", "threads"):
+        for name in ("batch_size", "epochs", "max_steps", "limit", "threads", "iw_samples"):
             value = getattr(self, name)
             if value is not None and value < (0 if name == "epochs" else 1):
                 raise DrawnetError(f"{name.replace('_', '-')} must be {'>= 0' if name == 'epochs' else '>= 1'}, got {value}")
@@ -371,7 +373,10 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
             group["lr"] = tcfg.lr_at(state.epoch)
     validated = model if average is None else average.model
     # captions pack their words with lengths read back to the CPU, which a graph cannot capture
-    use_graph = world.device.type == "cuda" and world.size == 1 and tcfg.cuda_graph and model.condition != "caption"
+    K = tcfg.iw_samples
+    # the graph captures the ELBO's loss; the importance-weighted one trains op by op
+    use_graph = (world.device.type == "cuda" and world.size == 1 and tcfg.cuda_graph and model.condition != "caption"
+                 and K == 1)
     graphed = None
     valid_batch = 500 if world.device.type == "cpu" else 5000  # a GPU runs the whole set in few passes
     steps_csv, log_csv = out_dir / "steps.csv", out_dir / "log.csv"
@@ -383,7 +388,8 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
             _write_csv(log_csv, [], write_header=True)
     log(f"{cfg} | {model.num_parameters():,} parameters | {len(train_x)} training images, "
         f"batch {tcfg.batch_size}{f' over {world.size} processes' if world.size > 1 else ''}, "
-        f"{steps_per_epoch} steps/epoch, on {world.device}{' (CUDA graphs)' if use_graph else ''}")
+        f"{steps_per_epoch} steps/epoch{f', {K} trajectories per image' if K > 1 else ''}, on {world.device}"
+        f"{' (CUDA graphs)' if use_graph else ''}")
 
     stop = {"signal": None}
     def _on_signal(signum, _frame):  # finish the step, checkpoint, exit
@@ -410,18 +416,22 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
                 use_graph = False
         if use_graph:
             out = graphed(x, noise, y)
+            objective = out.loss
         else:
+            if K > 1:  # each image's K trajectories lie next to each other
+                x, y = x.repeat_interleave(K, 0), None if y is None else y.repeat_interleave(K, 0)
             out = ddp_model(x, noise=noise, y=y, matmul_dtype=MATMUL_DTYPES[tcfg.matmul_dtype])
+            objective = out.loss if K == 1 else iw_loss(out.log_w, K)
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            objective.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
-        loss, L_z = world.mean(out.loss, out.L_z.mean())
+        loss, L_x, L_z = world.mean(objective, out.L_x.mean(), out.L_z.mean())
         finite = bool(math.isfinite(loss) and torch.isfinite(grad_norm))
         if finite:
             opt.step()
             if average is not None:
                 average.update(model)
-        return {"step": state.step + 1, "epoch": state.epoch, "loss": f"{loss:.4f}", "L_x": f"{loss - L_z:.4f}",
+        return {"step": state.step + 1, "epoch": state.epoch, "loss": f"{loss:.4f}", "L_x": f"{L_x:.4f}",
                 "L_z": f"{L_z:.4f}", "grad_norm": f"{grad_norm.item():.3f}", "lr": opt.param_groups[0]["lr"],
                 "finite": finite, "values": (loss, L_z)}
 
@@ -467,12 +477,13 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
                 x = train_x[batch]
                 if binary:
                     x = torch.bernoulli(x)
-                # eps of the whole global batch, drawn as DRAW.forward would draw it (one [batch, z] per glimpse):
+                # eps of the whole global batch, K trajectories per image, drawn as DRAW.forward would draw it:
                 # each rank trains its images with the noise that one process would have used for them
-                noise = torch.stack([torch.randn(len(x), cfg.z_size) for _ in range(cfg.T)])
+                noise = torch.stack([torch.randn(len(x) * K, cfg.z_size) for _ in range(cfg.T)])
                 mine = world.shard(len(x))
+                my_noise = noise[:, mine.start * K : mine.stop * K]
                 y = None if train_y is None else train_y[batch][mine].to(world.device)
-                row = train_step(x[mine].to(world.device), noise[:, mine].to(world.device), y)
+                row = train_step(x[mine].to(world.device), my_noise.to(world.device), y)
                 loss, L_z = row.pop("values")
                 state.step += 1
                 state.epoch_step += 1
