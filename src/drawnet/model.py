@@ -120,7 +120,8 @@ class DrawOutput(NamedTuple):
 
 def iw_loss(log_w: torch.Tensor, K: int) -> torch.Tensor:
     """The importance-weighted bound -log (1/K) sum_k w_k averaged over images (Burda et al. 2016, eq. 8), from
-    log_w [images * K] holding each image's K trajectories next to each other. K = 1 gives the ELBO."""
+    log_w [images * K] holding each image's K trajectories next to each other. K = 1 gives a one-sample
+    estimate of the ELBO (with the KL term sampled, not analytic)."""
     return (math.log(K) - torch.logsumexp(log_w.view(-1, K), dim=1)).mean()
 
 
