@@ -254,3 +254,34 @@ def test_iw_training_steps_down_the_importance_weighted_bound(tmp_path, mnist):
                                    msg=name)
     with pytest.raises(DrawnetError, match="iw-samples"):
         TrainConfig(iw_samples=0)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bfloat16_products_fall_back_to_float32_where_they_would_be_slow(tmp_path, monkeypatch, fast):
+    """On a CPU without fast bfloat16 kernels, --matmul-dtype bfloat16 trains with float32 products and says so;
+    the saved setting stays bfloat16, so the run uses it again where it pays."""
+    seen = []
+    forward = train_module.DRAW.forward
+
+    def recording(self, x, *args, matmul_dtype=None, **kwargs):
+        if self.training:
+            seen.append(matmul_dtype)
+        return forward(self, x, *args, matmul_dtype=matmul_dtype, **kwargs)
+
+    monkeypatch.setattr(train_module.DRAW, "forward", recording)
+    monkeypatch.setattr(train_module, "fast_bfloat16", lambda device: fast)
+    messages = []
+    train(DrawConfig(T=2, enc_size=16, dec_size=16, z_size=4),
+          _tiny_train_config(tmp_path, max_steps=2, matmul_dtype="bfloat16"), log=messages.append)
+    assert seen == [torch.bfloat16 if fast else None] * 2
+    assert any("training with float32 products" in m for m in messages) != fast
+    assert train_module.saved_train_config(tmp_path / "run")["matmul_dtype"] == "bfloat16"
+
+
+def test_fast_bfloat16_on_gpus_and_on_cpus_with_avx512():
+    assert train_module.fast_bfloat16(torch.device("cuda"))
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() == "x86_64" and cpuinfo.is_file():
+        flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
+        has_avx512 = {"avx512bw", "avx512vl", "avx512dq"} <= flags
+        assert train_module.fast_bfloat16(torch.device("cpu")) == has_avx512

@@ -419,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--matmul-dtype", choices=["float32", "bfloat16"],
                    help="precision of the matrix products in training steps (default float32); bfloat16 is "
-                        "faster on CPUs with bfloat16 instructions and keeps the bound within 0.1 nats")
+                        "faster on CPUs with bfloat16 instructions and keeps the bound within 0.1 nats; CPUs without "
+                        "them train with float32 products")
     p.add_argument("--ema", type=float, metavar="DECAY",
                    help="decay per step of the moving average of the weights that is validated and saved as the "
                         "model (default 0.999; 0: the raw weights)")

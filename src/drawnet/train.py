@@ -38,6 +38,13 @@ EPOCH_FIELDS = ["epoch", "step", "train_loss", "train_L_z", "valid_bound", "lr",
 MATMUL_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 
 
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products have fast kernels here: on a GPU, or on a CPU for which oneDNN has them
+    (AVX-512 or Arm's BF16). Elsewhere (an AVX2-only CPU) PyTorch multiplies bfloat16 in a generic loop, which
+    made a training step about 18 times slower than float32 (README, Training choices)."""
+    return device.type != "cpu" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/mnist"
@@ -386,6 +393,12 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
         if not steps_csv.is_file():
             _write_csv(steps_csv, [], write_header=True)
             _write_csv(log_csv, [], write_header=True)
+    matmul_dtype = MATMUL_DTYPES[tcfg.matmul_dtype]
+    if matmul_dtype is not None and not fast_bfloat16(world.device):
+        # a speed setting that would slow the run down: keep the run going at float32's pace instead
+        log("bfloat16 products have no fast kernels on this CPU (no AVX-512 or Arm BF16): training with float32 "
+            "products")
+        matmul_dtype = None
     log(f"{cfg} | {model.num_parameters():,} parameters | {len(train_x)} training images, "
         f"batch {tcfg.batch_size}{f' over {world.size} processes' if world.size > 1 else ''}, "
         f"{steps_per_epoch} steps/epoch{f', {K} trajectories per image' if K > 1 else ''}, on {world.device}"
@@ -410,7 +423,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
         nonlocal graphed, use_graph
         if use_graph and graphed is None:
             try:
-                graphed = CudaGraphStep(model, x, noise, y, MATMUL_DTYPES[tcfg.matmul_dtype])
+                graphed = CudaGraphStep(model, x, noise, y, matmul_dtype)
             except RuntimeError as e:  # a capture that fails or computes something else: train op by op
                 log(f"CUDA graph not used ({str(e).splitlines()[0]}); training op by op")
                 use_graph = False
@@ -420,7 +433,7 @@ def _train(model_config: Optional[DrawConfig], tcfg: TrainConfig, resume: bool, 
         else:
             if K > 1:  # each image's K trajectories lie next to each other
                 x, y = x.repeat_interleave(K, 0), None if y is None else y.repeat_interleave(K, 0)
-            out = ddp_model(x, noise=noise, y=y, matmul_dtype=MATMUL_DTYPES[tcfg.matmul_dtype])
+            out = ddp_model(x, noise=noise, y=y, matmul_dtype=matmul_dtype)
             objective = out.loss if K == 1 else iw_loss(out.log_w, K)
             opt.zero_grad(set_to_none=True)
             objective.backward()
