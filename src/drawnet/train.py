@@ -41,7 +41,7 @@ MATMUL_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 def fast_bfloat16(device: torch.device) -> bool:
     """Whether bfloat16 matrix products have fast kernels here: on a GPU, or on a CPU for which oneDNN has them
     (AVX-512 or Arm's BF16). Elsewhere (an AVX2-only CPU) PyTorch multiplies bfloat16 in a generic loop, which
-    made a training step about 18 times slower than float32 (README, Training choices)."""
+    made a training step more than 16 times slower than float32 (README, Training choices)."""
     return device.type != "cpu" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
