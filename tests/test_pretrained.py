@@ -49,7 +49,7 @@ def test_shipped_model_matches_readme(name):
 
 
 @pytest.mark.parametrize("name, bounds_file", [("mnist", "test-iw1000-step248041.csv"),
-                                               ("mnist-noattn", "test-iw1000.csv")])
+                                               ("mnist-noattn", "test-iw1000-step48751.csv")])
 def test_readme_iw1000_is_the_committed_bounds_of_the_shipped_model(name, bounds_file):
     """The 'IW bound (K=1000), 10,000 images' cell is the mean +- standard error over the per-image bounds that
     the README's `drawnet eval --iw 1000 --bounds-file checkpoints/NAME/...` left for the shipped weights (read
